@@ -1,0 +1,1 @@
+"""halab: a reproducible high-availability, load-balanced website lab."""

@@ -1,0 +1,159 @@
+"""The backend interface: how a topology becomes running hosts.
+
+A backend realizes :class:`~lab.topology.Topology` somewhere (network
+namespaces on this machine, libvirt VMs, real hosts over SSH) and offers the
+few verbs that provisioning, the CLI and the tests need, in the spirit of
+pytest-testinfra's small backend classes:
+
+* ``up()`` / ``down()``: bring the hosts and networks up, tear everything down
+* ``run(host, argv)``: run a command on a host and collect its output
+* ``put_file`` / ``read_file``: files as the host itself sees them
+  (``/etc/nginx/nginx.conf`` means that host's nginx.conf)
+* ``paths(host)``: the host's run/log/state directories
+* ``start_service`` / ``stop_service`` / ``services``: supervised daemons
+
+Provisioning is written once against this interface and is the same for
+every backend.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.errors import HalabError
+from lab.topology import Host, Topology
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    """Where a host keeps its runtime files (identical paths on VMs and real hosts)."""
+
+    run: Path  # pidfiles, unix sockets
+    log: Path  # daemon logs
+    state: Path  # persistent state, document root
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A long-running daemon on a host, run in the foreground.
+
+    ``argv`` is what a supervisor runs; ``unit`` is the systemd unit that
+    plays the same part on a VM. The service counts as ready once it listens
+    on every TCP port in ``listens``.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    listens: tuple[int, ...] = ()
+    unit: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    host: str
+    name: str
+    running: bool
+    pid: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class Result:
+    """What a command on a host did."""
+
+    argv: list[str]
+    returncode: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class Backend(abc.ABC):
+    """What every lab backend provides."""
+
+    kind: str = "abstract"
+    # Where the controller keeps the lab's own files (operator key, snapshots).
+    control_dir: Path
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+
+    def hosts(self) -> list[Host]:
+        return list(self.topology.hosts.values())
+
+    def host(self, name: str) -> Host:
+        try:
+            return self.topology.hosts[name]
+        except KeyError:
+            known = ", ".join(self.topology.hosts)
+            raise HalabError(f"no host {name!r} in the topology (hosts: {known})") from None
+
+    @abc.abstractmethod
+    def up(self) -> None:
+        """Create hosts and networks; idempotent."""
+
+    @abc.abstractmethod
+    def down(self) -> None:
+        """Stop everything and remove every trace; idempotent."""
+
+    @abc.abstractmethod
+    def is_up(self) -> bool:
+        """Whether the lab's hosts exist."""
+
+    @abc.abstractmethod
+    def run(
+        self,
+        host: str,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        check: bool = True,
+        timeout: float = 30.0,
+    ) -> Result:
+        """Run ``argv`` on ``host``; raise HalabError if ``check`` and it fails."""
+
+    @abc.abstractmethod
+    def command(self, host: str, argv: Sequence[str]) -> list[str]:
+        """The local argv that runs ``argv`` on ``host`` with inherited stdio."""
+
+    @abc.abstractmethod
+    def put_file(self, host: str, path: str, content: bytes | str, mode: int = 0o644) -> None:
+        """Write a file on ``host`` (parents are created)."""
+
+    @abc.abstractmethod
+    def read_file(self, host: str, path: str) -> bytes:
+        """Read a file as ``host`` sees it."""
+
+    @abc.abstractmethod
+    def paths(self, host: str) -> HostPaths:
+        """The host's run/log/state directories."""
+
+    @abc.abstractmethod
+    def start_service(self, host: str, spec: ServiceSpec) -> ServiceState:
+        """Start a service unless it runs; return once it is ready."""
+
+    @abc.abstractmethod
+    def stop_service(self, host: str, name: str) -> None:
+        """Stop a service gracefully (SIGTERM, then SIGKILL after a deadline)."""
+
+    @abc.abstractmethod
+    def services(self, host: str) -> list[ServiceState]:
+        """The state of every service known on ``host``."""
+
+    @abc.abstractmethod
+    def restart_service(self, host: str, name: str) -> ServiceState:
+        """Stop and start a known service again."""
+
+    @abc.abstractmethod
+    def service_log(self, host: str, name: str) -> Path:
+        """The log file of a service."""

@@ -1,0 +1,375 @@
+"""The embedded lab: every host is a Linux network namespace on this machine.
+
+Layout (for the default topology, lab name ``halab``)::
+
+    halab-switch   one namespace holding a bridge per network (br-public,
+                   br-private) and the switch side of every veth pair
+                   (``<host>.<ifname>``, e.g. ``dir0.eth1``)
+    halab-<host>   one namespace per host: lo and eth1, eth2, ... named as
+                   on the Vagrant VMs (see lab/topology.yaml), with the
+                   host's addresses and a MAC derived from each address
+                   (02:00:<the four address bytes>)
+
+The root namespace gets no lab interface, address or route, and no host has
+a default route: lab traffic cannot leave the lab.
+
+Per-host files: a path under ``/etc`` on host H is stored in
+``/etc/netns/<lab>-H/``, which ``ip netns exec`` bind-mounts over ``/etc``
+for every process it starts on H, so dir0's daemons read dir0's
+``/etc/halab/...`` at exactly the path they would read on a VM. Runtime files
+live in per-host directories (``HostPaths``)::
+
+    /run/halab/<lab>/<host>/       pidfiles, sockets
+    /var/log/halab/<lab>/<host>/   logs (kept after ``down`` for a post-mortem,
+                                   cleared by the next ``up``)
+    /var/lib/halab/<lab>/<host>/   state, document roots
+
+``down`` stops every service, ends every process still inside a lab
+namespace (by PID), deletes the namespaces (and with them every veth,
+bridge and iptables rule) and removes the run, state and /etc/netns files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from lab.backend import Backend, HostPaths, Result, ServiceSpec, ServiceState
+from lab.errors import HalabError
+from lab.supervisor import Supervisor, alive, terminate
+from lab.system import env, require_programs, require_root, run_local
+from lab.topology import Host, Interface, Topology, describe
+
+SWITCH = "switch"
+RUN_ROOT = Path("/run/halab")
+LOG_ROOT = Path("/var/log/halab")
+STATE_ROOT = Path("/var/lib/halab")
+NETNS_ETC = Path("/etc/netns")
+# Directories that a VM's init creates for its daemons (systemd's
+# RuntimeDirectory=sshd); the netns lab creates them while it is up.
+RUNTIME_DIRS = (Path("/run/sshd"),)
+
+
+# --- pure planning: what to create, as iproute2 batch lines --------------------
+
+
+def switch_namespace(topo: Topology) -> str:
+    return topo.namespace(SWITCH)
+
+
+def bridge_name(network: str) -> str:
+    return f"br-{network}"
+
+
+def switch_port(host: Host, iface: Interface) -> str:
+    return f"{host.name}.{iface.name}"
+
+
+def mac_for(iface: Interface) -> str:
+    """A locally administered MAC that shows the address it carries."""
+    return "02:00:" + ":".join(f"{b:02x}" for b in iface.address.packed)
+
+
+def plan_namespaces(topo: Topology, existing: set[str]) -> list[str]:
+    """``ip -batch`` lines that add the missing namespaces."""
+    wanted = [switch_namespace(topo)] + [topo.namespace(h) for h in topo.hosts]
+    return [f"netns add {ns}" for ns in wanted if ns not in existing]
+
+
+def plan_switch(topo: Topology, existing_links: set[str]) -> list[str]:
+    """``ip -n <switch> -batch`` lines: bridges and the switch side of each veth."""
+    lines = ["link set lo up"]
+    for net in topo.networks:
+        br = bridge_name(net)
+        if br not in existing_links:
+            lines.append(f"link add {br} type bridge stp_state 0 forward_delay 0")
+        lines.append(f"link set {br} up")
+    for host in topo.hosts.values():
+        for iface in host.interfaces:
+            port = switch_port(host, iface)
+            if port not in existing_links:
+                lines.append(
+                    f"link add {port} type veth peer name {iface.name} "
+                    f"netns {topo.namespace(host.name)}"
+                )
+            lines.append(f"link set {port} master {bridge_name(iface.network.name)} up")
+    return lines
+
+
+def plan_host(host: Host) -> list[str]:
+    """``ip -n <host> -batch`` lines: loopback, MACs, addresses, links up."""
+    lines = ["link set lo up"]
+    for iface in host.interfaces:
+        lines += [
+            f"link set {iface.name} address {mac_for(iface)}",
+            f"addr replace {iface.cidr} dev {iface.name}",
+            f"link set {iface.name} up",
+        ]
+    return lines
+
+
+def netns_exec(ns: str, argv: Sequence[str]) -> list[str]:
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def host_file(topo: Topology, paths: HostPaths, host: str, path: str) -> tuple[Path, Path | None]:
+    """Map a path as ``host`` sees it to this machine's file system.
+
+    Returns the local path and, for ``/etc/X/...``, the ``/etc/X`` that must
+    exist in the root namespace for ``ip netns exec`` to bind over it.
+    Anything outside /etc and the host's own directories is shared with this
+    machine, so it is refused rather than written.
+    """
+    p = PurePosixPath(path)
+    if not p.is_absolute() or ".." in p.parts:
+        raise HalabError(f"{host}: {path!r} must be an absolute path without '..'")
+    if len(p.parts) >= 3 and p.parts[1] == "etc":
+        local = NETNS_ETC / topo.namespace(host) / Path(*p.parts[2:])
+        return local, Path("/etc", p.parts[2])
+    for base in (paths.run, paths.log, paths.state):
+        if p == PurePosixPath(base) or PurePosixPath(base) in p.parents:
+            return Path(p), None
+    raise HalabError(
+        f"{host}: {path} is not private to the host in the netns lab "
+        f"(use /etc/... or the host's run/log/state directories)"
+    )
+
+
+# --- the backend ---------------------------------------------------------------
+
+
+class NetnsBackend(Backend):
+    kind = "netns"
+
+    def __init__(self, topology: Topology) -> None:
+        super().__init__(topology)
+        self.control_dir = RUN_ROOT / topology.lab
+        self.snapshot = self.control_dir / "topology.json"
+        self.created_file = self.control_dir / "created.json"
+        self._lock = threading.Lock()  # provisioning writes files from several threads
+
+    # namespaces -------------------------------------------------------------
+
+    def ns(self, host: str) -> str:
+        self.host(host)
+        return self.topology.namespace(host)
+
+    def existing_namespaces(self) -> set[str]:
+        out = run_local(["ip", "netns", "list"]).stdout.decode()
+        return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+    def lab_namespaces(self) -> list[str]:
+        prefix = f"{self.topology.lab}-"
+        return sorted(ns for ns in self.existing_namespaces() if ns.startswith(prefix))
+
+    def is_up(self) -> bool:
+        wanted = {switch_namespace(self.topology)} | {
+            self.topology.namespace(h) for h in self.topology.hosts
+        }
+        return wanted <= self.existing_namespaces()
+
+    def _links(self, ns: str) -> set[str]:
+        out = run_local(["ip", "-n", ns, "-j", "link", "show"]).stdout
+        return {link["ifname"] for link in json.loads(out or b"[]")}
+
+    @staticmethod
+    def _batch(ns: str | None, lines: list[str]) -> None:
+        if not lines:
+            return
+        argv = ["ip", "-n", ns, "-batch", "-"] if ns else ["ip", "-batch", "-"]
+        run_local(argv, input=("\n".join(lines) + "\n").encode())
+
+    # paths ------------------------------------------------------------------
+
+    def paths(self, host: str) -> HostPaths:
+        self.host(host)
+        lab = self.topology.lab
+        return HostPaths(
+            run=RUN_ROOT / lab / host,
+            log=LOG_ROOT / lab / host,
+            state=STATE_ROOT / lab / host,
+        )
+
+    def _local_path(self, host: str, path: str) -> Path:
+        """Where a host's file lives on this machine (making /etc mountpoints as needed)."""
+        local, mountpoint = host_file(self.topology, self.paths(host), host, path)
+        if mountpoint is not None:
+            self._ensure_mountpoint(mountpoint, is_dir=mountpoint != Path(path))
+        return local
+
+    def _ensure_mountpoint(self, target: Path, *, is_dir: bool) -> None:
+        """``ip netns exec`` can only bind /etc/netns/NS/X over an existing /etc/X."""
+        with self._lock:
+            if target.exists():
+                return
+            if is_dir:
+                target.mkdir(mode=0o755)
+            else:
+                target.touch(mode=0o644)
+            self._record_created(target)
+
+    def _record_created(self, path: Path) -> None:
+        created = self._created()
+        if str(path) not in created:
+            created.append(str(path))
+            self.control_dir.mkdir(parents=True, exist_ok=True)
+            self.created_file.write_text(json.dumps(created))
+
+    def _created(self) -> list[str]:
+        try:
+            data = json.loads(self.created_file.read_text())
+        except (OSError, ValueError):
+            return []
+        return [str(x) for x in data] if isinstance(data, list) else []
+
+    # files and commands -------------------------------------------------------
+
+    def put_file(self, host: str, path: str, content: bytes | str, mode: int = 0o644) -> None:
+        local = self._local_path(host, path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        data = content.encode() if isinstance(content, str) else content
+        tmp = local.with_name(f".{local.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.write(fd, data)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        tmp.replace(local)
+
+    def read_file(self, host: str, path: str) -> bytes:
+        try:
+            return self._local_path(host, path).read_bytes()
+        except FileNotFoundError:
+            raise HalabError(f"{host}: no file {path}") from None
+
+    def command(self, host: str, argv: Sequence[str]) -> list[str]:
+        return netns_exec(self.ns(host), argv)
+
+    def run(
+        self,
+        host: str,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        check: bool = True,
+        timeout: float = 30.0,
+    ) -> Result:
+        full = self.command(host, argv)
+        try:
+            proc = subprocess.run(full, input=input, capture_output=True, env=env(),
+                                  timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise HalabError(f"{host}: `{' '.join(argv)}` took longer than {timeout} s") from None
+        res = Result(list(argv), proc.returncode, proc.stdout, proc.stderr)
+        if check and not res.ok:
+            err = proc.stderr.decode(errors="replace").strip().replace("\n", " | ")
+            raise HalabError(f"{host}: `{' '.join(argv)}` failed (exit {res.returncode}): {err}")
+        return res
+
+    # services ---------------------------------------------------------------
+
+    def supervisor(self, host: str) -> Supervisor:
+        hp = self.paths(host)
+        ns = self.ns(host)
+        return Supervisor(host, hp.run / "supervisor", hp.log, lambda argv: netns_exec(ns, argv))
+
+    def start_service(self, host: str, spec: ServiceSpec) -> ServiceState:
+        return self.supervisor(host).start(spec)
+
+    def stop_service(self, host: str, name: str) -> None:
+        self.supervisor(host).stop(name)
+
+    def restart_service(self, host: str, name: str) -> ServiceState:
+        return self.supervisor(host).restart(name)
+
+    def services(self, host: str) -> list[ServiceState]:
+        return self.supervisor(host).states()
+
+    def service_log(self, host: str, name: str) -> Path:
+        return self.supervisor(host).log(name)
+
+    # up and down ------------------------------------------------------------
+
+    def up(self) -> None:
+        require_root("the netns lab")
+        require_programs(["ip"])
+        topo = self.topology
+        fingerprint = topo_fingerprint(topo)
+        if self.snapshot.exists() and self.snapshot.read_text() != fingerprint:
+            raise HalabError(
+                f"lab {topo.lab!r} is up with a different topology: "
+                f"run `halab down` first, then `halab up --topology {topo.source}`"
+            )
+        existing = self.existing_namespaces()
+        fresh = not ({topo.namespace(h) for h in topo.hosts} & existing)
+        if fresh:
+            shutil.rmtree(LOG_ROOT / topo.lab, ignore_errors=True)
+        for d in (NETNS_ETC, *RUNTIME_DIRS):
+            if not d.exists():
+                d.mkdir(mode=0o755)
+                self._record_created(d)
+        self.control_dir.mkdir(parents=True, exist_ok=True)
+        self._batch(None, plan_namespaces(topo, existing))
+        sw = switch_namespace(topo)
+        self._batch(sw, plan_switch(topo, self._links(sw)))
+        for host in topo.hosts.values():
+            self._batch(topo.namespace(host.name), plan_host(host))
+            (NETNS_ETC / topo.namespace(host.name)).mkdir(parents=True, exist_ok=True)
+            hp = self.paths(host.name)
+            for d in (hp.run, hp.log, hp.state):
+                d.mkdir(parents=True, exist_ok=True)
+        self.snapshot.write_text(fingerprint)
+
+    def down(self) -> None:
+        require_root("the netns lab")
+        lab = self.topology.lab
+        namespaces = self.lab_namespaces()
+        # 1. Graceful stop of supervised services, in reverse start order.
+        lab_run = RUN_ROOT / lab
+        for sup_dir in sorted(lab_run.glob("*/supervisor")):
+            host = sup_dir.parent.name
+            Supervisor(host, sup_dir, LOG_ROOT / lab / host, list).stop_all()
+        # 2. Whatever still runs inside a lab namespace is the lab's: end it by PID.
+        for ns in namespaces:
+            for pid in _netns_pids(ns):
+                if alive(pid):
+                    terminate(pid, None, timeout=2.0)
+        # 3. Deleting a namespace deletes its veths, bridges and iptables rules.
+        self._batch(None, [f"netns del {ns}" for ns in namespaces])
+        # 4. Files: per-host /etc, run and state directories; mountpoints we made.
+        created = self._created()
+        for ns_dir in NETNS_ETC.glob(f"{lab}-*") if NETNS_ETC.is_dir() else []:
+            shutil.rmtree(ns_dir, ignore_errors=True)
+        shutil.rmtree(lab_run, ignore_errors=True)
+        shutil.rmtree(STATE_ROOT / lab, ignore_errors=True)
+        others_up = NETNS_ETC.is_dir() and any(NETNS_ETC.glob("halab*-*"))
+        if not others_up:
+            for path in reversed(created):
+                _remove_if_empty(Path(path))
+        for root in (RUN_ROOT, STATE_ROOT):
+            _remove_if_empty(root)
+
+
+def topo_fingerprint(topo: Topology) -> str:
+    """A canonical text of the topology, to notice a changed file while the lab is up."""
+    return json.dumps(describe(topo), sort_keys=True)
+
+
+def _netns_pids(ns: str) -> list[int]:
+    proc = run_local(["ip", "netns", "pids", ns], check=False)
+    return [int(x) for x in proc.stdout.split()]
+
+
+def _remove_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_dir():
+            path.rmdir()
+        elif path.is_file() and path.stat().st_size == 0:
+            path.unlink()

@@ -1,0 +1,183 @@
+"""The ``halab`` command: bring the lab up and down, look inside, run things on hosts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from lab import topology as topo_mod
+from lab.backend import Backend
+from lab.backends import KINDS, make_backend
+from lab.errors import HalabError
+from lab.status import gather, render
+from lab.system import env
+from lab.topology import Role
+
+console = Console()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="halab",
+        description="A reproducible high-availability, load-balanced website lab.",
+    )
+    p.add_argument("--topology", metavar="FILE",
+                   default=os.environ.get("HALAB_TOPOLOGY"),
+                   help="topology file (default: $HALAB_TOPOLOGY, else lab/topology.yaml)")
+    p.add_argument("--lab", choices=KINDS, default=os.environ.get("HALAB_LAB", "netns"),
+                   help="lab backend (default: $HALAB_LAB or netns)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    sub.add_parser("up", help="create the hosts and networks, provision them (idempotent)")
+    sub.add_parser("down", help="stop everything and remove every trace of the lab")
+    st = sub.add_parser("status", help="hosts, addresses and services")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    ck = sub.add_parser("check", help="validate a topology file and exit")
+    ck.add_argument("file", nargs="?", help="topology file (default: --topology)")
+    ex = sub.add_parser("exec", help="run a command on a host: halab exec HOST -- CMD...")
+    ex.add_argument("host")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
+    sh = sub.add_parser("shell", help="an interactive shell on a host")
+    sh.add_argument("host")
+    lg = sub.add_parser("logs", help="print a host's service logs")
+    lg.add_argument("host")
+    lg.add_argument("service", nargs="?")
+    lg.add_argument("-f", "--follow", action="store_true")
+    for verb in ("start", "stop", "restart"):
+        sv = sub.add_parser(verb, help=f"{verb} a supervised service on a host")
+        sv.add_argument("host")
+        sv.add_argument("service")
+    sub.add_parser("demo", help="show the lab working: status, then requests through it")
+    return p
+
+
+def load_backend(args: argparse.Namespace) -> Backend:
+    return make_backend(args.lab, topo_mod.load(args.topology))
+
+
+def cmd_up(backend: Backend) -> None:
+    from provision import provision
+
+    t0 = time.monotonic()
+    backend.up()
+    provision(backend)
+    render(gather(backend), console)
+    console.print(f"lab {backend.topology.lab} is up ({time.monotonic() - t0:.1f} s)")
+
+
+def cmd_demo(backend: Backend) -> int:
+    """Until the balancer exists: the status table and a request from each director
+    to each web node, as the balancer will make them."""
+    if not backend.is_up():
+        cmd_up(backend)
+    else:
+        render(gather(backend), console)
+    topo = backend.topology
+    failures = 0
+    for director in topo.directors:
+        for webnode in topo.webs:
+            url = f"http://{webnode.address('private')}:{topo.ports.http}/"
+            res = backend.run(director.name, ["curl", "-sS", "--max-time", "2", url],
+                              check=False, timeout=5)
+            body = res.text.strip() or res.stderr.decode(errors="replace").strip()
+            mark = "[green]ok[/]" if res.ok else "[red]failed[/]"
+            failures += not res.ok
+            console.print(f"{director.name} $ curl {url}  ->  {body}  {mark}")
+    return 1 if failures else 0
+
+
+def exec_on(backend: Backend, host: str, argv: Sequence[str]) -> int:
+    """Replace this process with ``argv`` on ``host`` (stdio and exit status pass through)."""
+    full = backend.command(host, argv)
+    os.execvpe(full[0], full, env())
+    return 127  # not reached
+
+
+def cmd_logs(backend: Backend, host: str, service: str | None, follow: bool) -> int:
+    names = [service] if service else [s.name for s in backend.services(host)]
+    paths = [backend.service_log(host, n) for n in names]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise HalabError(f"{host}: no log {', '.join(missing)}")
+    if follow:
+        argv = ["tail", "-n", "50", "-F", *map(str, paths)]
+        os.execvp(argv[0], argv)
+    for name, path in zip(names, paths, strict=True):
+        if len(paths) > 1:
+            print(f"==> {host} {name} ({path}) <==")
+        sys.stdout.write(path.read_text(errors="replace"))
+    return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.cmd == "check":
+        t = topo_mod.load(args.file or args.topology)
+        roles = {r.value: len(t.by_role(r)) for r in Role}
+        print(f"{t.source}: ok: lab {t.lab}, {len(t.networks)} networks, "
+              f"{len(t.hosts)} hosts {roles}, VIP {t.vip.address}")
+        return 0
+    backend = load_backend(args)
+    if args.cmd == "up":
+        cmd_up(backend)
+        return 0
+    if args.cmd == "down":
+        backend.down()
+        console.print(f"lab {backend.topology.lab} is down")
+        return 0
+    if args.cmd == "status":
+        status = gather(backend)
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
+            render(status, console)
+        return 0 if status["up"] else 3
+    if args.cmd == "demo":
+        return cmd_demo(backend)
+    if args.cmd in ("exec", "shell", "logs", "start", "stop", "restart"):
+        backend.host(args.host)
+        if not backend.is_up():
+            raise HalabError(f"lab {backend.topology.lab} is not up: run `halab up` first")
+    if args.cmd == "exec":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not argv:
+            raise HalabError("nothing to run: halab exec HOST -- CMD...")
+        return exec_on(backend, args.host, argv)
+    if args.cmd == "shell":
+        prompt = f"[{backend.topology.lab} {args.host}] \\w# "
+        return exec_on(backend, args.host, ["env", f"PS1={prompt}", f"HALAB_HOST={args.host}",
+                                            "bash", "--norc", "-i"])
+    if args.cmd == "logs":
+        return cmd_logs(backend, args.host, args.service, args.follow)
+    if args.cmd == "stop":
+        backend.stop_service(args.host, args.service)
+        console.print(f"{args.host} {args.service}: stopped")
+        return 0
+    # start / restart
+    running = [s for s in backend.services(args.host) if s.name == args.service and s.running]
+    if args.cmd == "start" and running:
+        console.print(f"{args.host} {args.service}: already running pid {running[0].pid}")
+        return 0
+    state = backend.restart_service(args.host, args.service)
+    console.print(f"{args.host} {args.service}: running pid {state.pid}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return dispatch(args)
+    except HalabError as e:
+        print(f"halab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Checks and helpers for the machine halab runs on: root, tools, processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from lab.errors import HalabError
+
+SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Which Debian package provides each program halab runs.
+PACKAGES: dict[str, str] = {
+    "ip": "iproute2",
+    "iptables-restore": "iptables",
+    "ip6tables-restore": "iptables",
+    "iptables-save": "iptables",
+    "nginx": "nginx-light",
+    "sshd": "openssh-server",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "curl": "curl",
+    "sysctl": "procps",
+}
+
+
+def env() -> dict[str, str]:
+    """The environment for commands: ours, with the sbin directories on PATH."""
+    e = dict(os.environ)
+    path = e.get("PATH", "")
+    e["PATH"] = f"{path}:{SBIN_PATH}" if path else SBIN_PATH
+    return e
+
+
+def which(program: str) -> str | None:
+    return shutil.which(program, path=env()["PATH"])
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise HalabError(f"{what} needs root (network namespaces, iptables): run it as root")
+
+
+def require_programs(programs: Sequence[str]) -> None:
+    missing = [p for p in programs if which(p) is None]
+    if missing:
+        pkgs = sorted({PACKAGES.get(p, p) for p in missing})
+        raise HalabError(
+            f"missing {', '.join(missing)}: install with `apt-get install -y {' '.join(pkgs)}`"
+        )
+
+
+def run_local(argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
+              timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
+    """Run a command on this machine (root namespace)."""
+    try:
+        proc = subprocess.run(list(argv), input=input, capture_output=True, env=env(),
+                              timeout=timeout, check=False)
+    except FileNotFoundError:
+        require_programs([argv[0]])
+        raise
+    except subprocess.TimeoutExpired:
+        raise HalabError(f"`{' '.join(argv)}` did not finish within {timeout:.0f} s") from None
+    if check and proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().replace("\n", " | ")
+        raise HalabError(f"`{' '.join(argv)}` failed (exit {proc.returncode}): {err}")
+    return proc

@@ -1,0 +1,5 @@
+"""What makes a host a client, a director or a web node, for every backend."""
+
+from provision.host import provision
+
+__all__ = ["provision"]

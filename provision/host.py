@@ -1,0 +1,168 @@
+"""What makes a host a client, a director or a web node.
+
+``plan_host`` is pure: from the topology, the host's paths and the lab's
+keys it renders every file, the commands that apply them and the services to
+run. ``apply`` carries a plan out through any backend, in the same order on
+a network namespace, a VM or a real host:
+
+1. write every file (so nothing below can fall back to a system default)
+2. apply sysctls and the firewall (iptables-restore: atomic per table)
+3. start the services that are not running, waiting until they listen
+
+Directors get the balancer and heartbeat daemons once those exist; until
+then nothing on a director pretends to be them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.backend import Backend, HostPaths, ServiceSpec
+from lab.errors import HalabError
+from lab.system import require_programs
+from lab.topology import Host, Role, Topology
+from provision import firewall, ssh, web
+
+SYSCTL_FILE = "/etc/sysctl.d/60-halab.conf"
+IPTABLES_FILE = "/etc/halab/iptables.rules"
+IP6TABLES_FILE = "/etc/halab/ip6tables.rules"
+PROGRAMS = ("nginx", "sshd", "ssh-keygen", "iptables-restore", "ip6tables-restore", "sysctl")
+
+# Kernel settings per role (each network namespace has its own).
+ROLE_SYSCTLS: dict[Role, dict[str, str]] = {
+    Role.CLIENT: {"net.ipv4.ip_forward": "0"},
+    Role.DIRECTOR: {
+        "net.ipv4.ip_forward": "0",
+        # bind the VIP before owning it (balancer listens on it on both directors)
+        "net.ipv4.ip_nonlocal_bind": "1",
+        # answer ARP only for addresses on the asking interface, and announce
+        # with the best local address: no ARP flux across the two networks
+        "net.ipv4.conf.all.arp_ignore": "1",
+        "net.ipv4.conf.all.arp_announce": "2",
+    },
+    Role.WEB: {"net.ipv4.ip_forward": "0"},
+}
+
+
+@dataclass(frozen=True)
+class File:
+    path: str
+    content: str
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class LabKeys:
+    operator: ssh.KeyPair
+    host_public: Mapping[str, str]  # host name -> its host key's public line
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host: str
+    files: tuple[File, ...]
+    commands: tuple[tuple[str, ...], ...]
+    services: tuple[ServiceSpec, ...] = field(default=())
+
+
+def hosts_file(topo: Topology, host: Host) -> str:
+    """/etc/hosts: lab names resolve to the address this host reaches them on."""
+    lines = ["127.0.0.1 localhost", f"127.0.1.1 {host.name}", ""]
+    for other in topo.hosts.values():
+        if other.name == host.name:
+            continue
+        addr = topo.reachable_address(host, other)
+        if addr is not None:
+            lines.append(f"{addr} {other.name}")
+    for other in topo.hosts.values():
+        for iface in other.interfaces:
+            lines.append(f"{iface.address} {other.name}-{iface.network.name}")
+    if host.interface(topo.vip.network.name) is not None:
+        lines.append(f"{topo.vip.address} vip")
+    return "\n".join(lines) + "\n"
+
+
+def sysctl_file(host: Host) -> str:
+    settings = ROLE_SYSCTLS[host.role]
+    body = "".join(f"{k} = {v}\n" for k, v in settings.items())
+    return f"# halab: kernel settings for a {host.role.value}\n{body}"
+
+
+def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys) -> HostPlan:
+    files = [
+        File("/etc/hosts", hosts_file(topo, host)),
+        File(SYSCTL_FILE, sysctl_file(host)),
+        File(IP6TABLES_FILE, firewall.render_v6(host)),
+        File("/etc/ssh/sshd_config", ssh.sshd_config(topo, host, paths)),
+        File("/etc/ssh/ssh_config", ssh.ssh_config(host)),
+        File("/etc/ssh/ssh_known_hosts", ssh.known_hosts(topo, keys.host_public)),
+        File("/etc/ssh/authorized_keys/root", keys.operator.public),
+        File(ssh.IDENTITY, keys.operator.private, 0o600),
+    ]
+    commands: list[tuple[str, ...]] = [("sysctl", "-q", "-p", SYSCTL_FILE)]
+    v4 = firewall.render_v4(topo, host)
+    if v4 is not None:
+        files.append(File(IPTABLES_FILE, v4))
+        commands.append(("iptables-restore", IPTABLES_FILE))
+    commands.append(("ip6tables-restore", IP6TABLES_FILE))
+    services = [ssh.sshd_service(topo)]
+    if host.role is Role.WEB:
+        files += [
+            File("/etc/nginx/nginx.conf", web.nginx_conf(topo, host, paths)),
+            File(f"{web.docroot(paths)}/index.html", web.page(host)),
+        ]
+        commands.append(("mkdir", "-p", f"{paths.state}/nginx"))
+        services.append(web.nginx_service(topo))
+    return HostPlan(host.name, tuple(files), tuple(commands), tuple(services))
+
+
+def apply(backend: Backend, plan: HostPlan) -> None:
+    for f in plan.files:
+        backend.put_file(plan.host, f.path, f.content, f.mode)
+    for argv in plan.commands:
+        backend.run(plan.host, argv)
+    for spec in plan.services:
+        backend.start_service(plan.host, spec)
+
+
+def lab_keys(backend: Backend) -> LabKeys:
+    """The operator key (kept on the controller) and every host's key (made if missing)."""
+    private = backend.control_dir / "operator_ed25519"
+    if private.exists():
+        operator = ssh.KeyPair(private.read_text(), private.with_suffix(".pub").read_text())
+    else:
+        operator = ssh.generate_keypair(f"halab-operator@{backend.topology.lab}")
+        backend.control_dir.mkdir(parents=True, exist_ok=True)
+        _write_private(private, operator.private)
+        private.with_suffix(".pub").write_text(operator.public)
+
+    def host_key(host: Host) -> str:
+        try:
+            return backend.read_file(host.name, ssh.HOST_KEY + ".pub").decode()
+        except HalabError:
+            pair = ssh.generate_keypair(f"root@{host.name}")
+            backend.put_file(host.name, ssh.HOST_KEY, pair.private, 0o600)
+            backend.put_file(host.name, ssh.HOST_KEY + ".pub", pair.public)
+            return pair.public
+
+    return LabKeys(operator, {h.name: host_key(h) for h in backend.hosts()})
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
+def provision(backend: Backend) -> None:
+    """Make every host what its role says, in parallel."""
+    require_programs(PROGRAMS)
+    topo = backend.topology
+    keys = lab_keys(backend)
+    plans = [plan_host(topo, h, backend.paths(h.name), keys) for h in backend.hosts()]
+    with ThreadPoolExecutor(max_workers=len(plans)) as pool:
+        for future in [pool.submit(apply, backend, p) for p in plans]:
+            future.result()
