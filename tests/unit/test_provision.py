@@ -1,0 +1,114 @@
+"""Provisioning plans per role (pure rendering; nothing is applied)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lab import topology as t
+from lab.backend import HostPaths
+from provision import host as ph
+from provision import ssh, web
+
+TOPO = t.load()
+KEYS = ph.LabKeys(
+    operator=ssh.KeyPair("PRIVATE\n", "ssh-ed25519 OPERATOR halab-operator\n"),
+    host_public={h: f"ssh-ed25519 KEY{h} root@{h}\n" for h in TOPO.hosts},
+)
+
+
+def paths(host: str) -> HostPaths:
+    return HostPaths(Path(f"/r/{host}"), Path(f"/l/{host}"), Path(f"/s/{host}"))
+
+
+def plan(host: str) -> ph.HostPlan:
+    return ph.plan_host(TOPO, TOPO.hosts[host], paths(host), KEYS)
+
+
+def files(host: str) -> dict[str, ph.File]:
+    return {f.path: f for f in plan(host).files}
+
+
+def test_web_node_runs_nginx_and_sshd() -> None:
+    p = plan("web0")
+    assert [s.name for s in p.services] == ["sshd", "nginx"]
+    nginx = p.services[1]
+    assert nginx.listens == (80,) and "daemon off;" in nginx.argv
+    f = files("web0")
+    assert f["/s/web0/www/index.html"].content == "web0 - It works!\n"
+    conf = f["/etc/nginx/nginx.conf"].content
+    assert "listen 198.18.0.21:80 default_server;" in conf
+    assert "pid /r/web0/nginx.pid;" in conf
+    assert f"location = {web.HEALTH_PATH}" in conf
+    assert "/l/web0/nginx-access.log" in conf
+
+
+def test_director_runs_no_pretend_balancer_yet() -> None:
+    p = plan("dir0")
+    assert [s.name for s in p.services] == ["sshd"]
+    assert "/etc/nginx/nginx.conf" not in files("dir0")
+
+
+def test_director_sysctls() -> None:
+    conf = files("dir0")[ph.SYSCTL_FILE].content
+    assert "net.ipv4.ip_nonlocal_bind = 1" in conf
+    assert "net.ipv4.ip_forward = 0" in conf
+    assert "ip_nonlocal_bind" not in files("web0")[ph.SYSCTL_FILE].content
+
+
+def test_firewall_is_written_then_applied() -> None:
+    p = plan("dir0")
+    assert ph.IPTABLES_FILE in files("dir0")
+    cmds = list(p.commands)
+    assert ("iptables-restore", ph.IPTABLES_FILE) in cmds
+    assert ("ip6tables-restore", ph.IP6TABLES_FILE) in cmds
+    client = plan("client")
+    assert ("iptables-restore", ph.IPTABLES_FILE) not in client.commands
+    assert ("ip6tables-restore", ph.IP6TABLES_FILE) in client.commands
+
+
+def test_hosts_file_resolves_by_shared_network() -> None:
+    web0 = files("web0")["/etc/hosts"].content.splitlines()
+    assert "198.18.0.11 dir0" in web0
+    assert "203.0.113.11 dir0-public" in web0
+    assert not any(line.endswith(" vip") for line in web0)  # web nodes are not on public
+    client = files("client")["/etc/hosts"].content.splitlines()
+    assert "203.0.113.11 dir0" in client
+    assert "203.0.113.100 vip" in client
+    assert not any(line.endswith(" web0") for line in client)  # not reachable
+
+
+def test_ssh_keys_and_trust() -> None:
+    f = files("dir1")
+    assert f["/etc/ssh/authorized_keys/root"].content == KEYS.operator.public
+    assert f[ssh.IDENTITY].mode == 0o600
+    known = f["/etc/ssh/ssh_known_hosts"].content.splitlines()
+    assert "dir0,dir0-public,203.0.113.11,dir0-private,198.18.0.11 ssh-ed25519 KEYdir0" in known
+    assert len(known) == len(TOPO.hosts)
+    sshd = f["/etc/ssh/sshd_config"].content
+    assert "PasswordAuthentication no" in sshd and "PidFile /r/dir1/sshd.pid" in sshd
+
+
+def test_every_host_gets_sshd_on_the_topology_port() -> None:
+    for name in TOPO.hosts:
+        sshd = plan(name).services[0]
+        assert sshd.name == "sshd" and sshd.listens == (TOPO.ports.ssh,)
+
+
+def test_files_are_written_before_commands_run() -> None:
+    # apply() writes all files first: a command must never fall back to the
+    # machine's own /etc because a host file did not exist yet.
+    calls: list[str] = []
+
+    class Recorder:
+        def put_file(self, host: str, path: str, content: str, mode: int) -> None:
+            calls.append(f"put {path}")
+
+        def run(self, host: str, argv: tuple[str, ...]) -> None:
+            calls.append(f"run {argv[0]}")
+
+        def start_service(self, host: str, spec: object) -> None:
+            calls.append("start")
+
+    ph.apply(Recorder(), plan("web1"))  # type: ignore[arg-type]
+    kinds = [c.split()[0] for c in calls]
+    assert kinds == sorted(kinds, key=["put", "run", "start"].index)
