@@ -14,6 +14,9 @@ SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Which Debian package provides each program halab runs.
 PACKAGES: dict[str, str] = {
     "ip": "iproute2",
+    "nsenter": "util-linux",
+    "unshare": "util-linux",
+    "umount": "mount",
     "iptables-restore": "iptables",
     "ip6tables-restore": "iptables",
     "iptables-save": "iptables",

@@ -10,6 +10,9 @@ Layout (for the default topology, lab name ``halab``)::
                    host's addresses and a MAC derived from each address
                    (02:00:<the four address bytes>)
 
+Each host also has its own UTS namespace (``hostname`` prints ``dir0`` on
+dir0, also over SSH), pinned at ``/run/halab/<lab>/uts/<host>``.
+
 The root namespace gets no lab interface, address or route, and no host has
 a default route: lab traffic cannot leave the lab.
 
@@ -114,8 +117,12 @@ def plan_host(host: Host) -> list[str]:
     return lines
 
 
-def netns_exec(ns: str, argv: Sequence[str]) -> list[str]:
-    return ["ip", "netns", "exec", ns, *argv]
+def host_exec(ns: str, uts: Path, argv: Sequence[str]) -> list[str]:
+    """Run ``argv`` on a host: its network namespace (and /etc), its hostname.
+
+    Both ``ip netns exec`` and ``nsenter`` exec, so the PID is argv's own.
+    """
+    return ["ip", "netns", "exec", ns, "nsenter", f"--uts={uts}", "--", *argv]
 
 
 def host_file(topo: Topology, paths: HostPaths, host: str, path: str) -> tuple[Path, Path | None]:
@@ -249,8 +256,12 @@ class NetnsBackend(Backend):
         except FileNotFoundError:
             raise HalabError(f"{host}: no file {path}") from None
 
+    def uts_file(self, host: str) -> Path:
+        """The host's UTS namespace (its hostname), pinned by a bind mount."""
+        return self.control_dir / "uts" / host
+
     def command(self, host: str, argv: Sequence[str]) -> list[str]:
-        return netns_exec(self.ns(host), argv)
+        return host_exec(self.ns(host), self.uts_file(host), argv)
 
     def run(
         self,
@@ -277,8 +288,8 @@ class NetnsBackend(Backend):
 
     def supervisor(self, host: str) -> Supervisor:
         hp = self.paths(host)
-        ns = self.ns(host)
-        return Supervisor(host, hp.run / "supervisor", hp.log, lambda argv: netns_exec(ns, argv))
+        return Supervisor(host, hp.run / "supervisor", hp.log,
+                          lambda argv: self.command(host, argv))
 
     def start_service(self, host: str, spec: ServiceSpec) -> ServiceState:
         return self.supervisor(host).start(spec)
@@ -299,7 +310,7 @@ class NetnsBackend(Backend):
 
     def up(self) -> None:
         require_root("the netns lab")
-        require_programs(["ip"])
+        require_programs(["ip", "nsenter", "unshare"])
         topo = self.topology
         fingerprint = topo_fingerprint(topo)
         if self.snapshot.exists() and self.snapshot.read_text() != fingerprint:
@@ -325,7 +336,16 @@ class NetnsBackend(Backend):
             hp = self.paths(host.name)
             for d in (hp.run, hp.log, hp.state):
                 d.mkdir(parents=True, exist_ok=True)
+            self._ensure_uts(host.name)
         self.snapshot.write_text(fingerprint)
+
+    def _ensure_uts(self, host: str) -> None:
+        uts = self.uts_file(host)
+        if _is_mountpoint(uts):
+            return
+        uts.parent.mkdir(parents=True, exist_ok=True)
+        uts.touch()
+        run_local(["unshare", f"--uts={uts}", "hostname", host])
 
     def down(self) -> None:
         require_root("the netns lab")
@@ -343,6 +363,9 @@ class NetnsBackend(Backend):
                     terminate(pid, None, timeout=2.0)
         # 3. Deleting a namespace deletes its veths, bridges and iptables rules.
         self._batch(None, [f"netns del {ns}" for ns in namespaces])
+        for uts in sorted((lab_run / "uts").glob("*")):
+            if _is_mountpoint(uts):
+                run_local(["umount", str(uts)])
         # 4. Files: per-host /etc, run and state directories; mountpoints we made.
         created = self._created()
         for ns_dir in NETNS_ETC.glob(f"{lab}-*") if NETNS_ETC.is_dir() else []:
@@ -360,6 +383,12 @@ class NetnsBackend(Backend):
 def topo_fingerprint(topo: Topology) -> str:
     """A canonical text of the topology, to notice a changed file while the lab is up."""
     return json.dumps(describe(topo), sort_keys=True)
+
+
+def _is_mountpoint(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
 
 
 def _netns_pids(ns: str) -> list[int]:

@@ -142,7 +142,8 @@ def test_rules_read_back_equal_rendered(lab: Backend, topo: Topology, role_host:
 
 def test_ssh_between_hosts_uses_real_sshd(lab: Backend, topo: Topology) -> None:
     d0, w1 = topo.directors[0], topo.webs[1]
-    res = lab.run(topo.clients[0].name, ["ssh", d0.name, "ip", "-4", "-br", "addr"], timeout=20)
+    res = lab.run(topo.clients[0].name, ["ssh", d0.name, "hostname; ip -4 -br addr"], timeout=20)
+    assert res.text.splitlines()[0] == d0.name
     assert str(d0.address("private")) in res.text
     res = lab.run(d0.name, ["ssh", w1.name, "cat", "/etc/hosts"], timeout=20)
     assert f"127.0.1.1 {w1.name}" in res.text  # web1's own /etc, seen over SSH

@@ -66,9 +66,11 @@ def test_interface_names_fit_the_kernel_limit() -> None:
     assert all(len(netns.bridge_name(n)) <= 15 for n in TOPO.networks)
 
 
-def test_netns_exec() -> None:
-    assert netns.netns_exec("halab-web0", ["nginx", "-t"]) == [
-        "ip", "netns", "exec", "halab-web0", "nginx", "-t"]
+def test_host_exec_enters_network_and_uts_namespaces() -> None:
+    backend = netns.NetnsBackend(TOPO)
+    assert backend.command("web0", ["nginx", "-t"]) == [
+        "ip", "netns", "exec", "halab-web0",
+        "nsenter", "--uts=/run/halab/halab/uts/web0", "--", "nginx", "-t"]
 
 
 PATHS = netns.NetnsBackend(TOPO).paths("dir0")
