@@ -159,3 +159,14 @@ def test_restart_service_via_cli(lab: Backend) -> None:
     assert after["nginx"].running and after["nginx"].pid != before["nginx"]
     assert after["sshd"].pid == before["sshd"]
     assert lab.run(topo.directors[0].name, ["curl", "-sf", f"http://{web}/"]).ok
+
+
+def test_logs_and_status_table(lab: Backend) -> None:
+    topo = lab.topology
+    d0 = topo.directors[0].name
+    res = halab("logs", d0, "sshd", topology=topo.source)
+    assert res.returncode == 0 and "Server listening on 0.0.0.0 port" in res.stdout
+    table = halab("status", topology=topo.source)
+    assert table.returncode == 0
+    for h in topo.hosts:
+        assert h in table.stdout

@@ -100,7 +100,7 @@ def test_exit_at_start_reports_log(sup: Supervisor) -> None:
 
 
 def test_not_listening_in_time_is_an_error(sup: Supervisor) -> None:
-    spec = ServiceSpec("deaf", (sys.executable, "-c", "import time;time.sleep(30)"),
+    spec = ServiceSpec("deaf", (sys.executable, "-c", "import signal;signal.pause()"),
                        listens=(free_port(),))
     with pytest.raises(HalabError, match="did not listen on port"):
         sup.start(spec, ready_timeout=0.3)
@@ -108,7 +108,7 @@ def test_not_listening_in_time_is_an_error(sup: Supervisor) -> None:
 
 
 def test_dead_process_is_reported(sup: Supervisor) -> None:
-    st = sup.start(ServiceSpec("short", (sys.executable, "-c", "import time;time.sleep(0.2)")))
+    st = sup.start(ServiceSpec("short", (sys.executable, "-c", "pass")))
     assert st.pid is not None
     os.waitpid(st.pid, 0)
     assert sup.state("short").detail.startswith("dead")
@@ -128,7 +128,7 @@ def test_recycled_pid_is_never_signalled(sup: Supervisor, tmp_path: Path) -> Non
 
 def test_stop_all_in_reverse_start_order(sup: Supervisor) -> None:
     sup.start(listener(free_port()))
-    sup.start(ServiceSpec("second", (sys.executable, "-c", "import time;time.sleep(30)")))
+    sup.start(ServiceSpec("second", (sys.executable, "-c", "import signal;signal.pause()")))
     assert sup.names() == ["listener", "second"]
     sup.stop_all()
     assert not any(s.running for s in sup.states())

@@ -70,23 +70,24 @@ def test_describe_round_trips_addresses() -> None:
         "name": "eth2", "network": "private", "address": "198.18.0.12/24"}
 
 
+def _parent(data: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
+    *parents, last = path.split(".")
+    for p in parents:
+        data = data[p]
+    return data, last
+
+
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def fn(data: dict[str, Any]) -> None:
-        *parents, last = path.split(".")
-        node = data
-        for p in parents:
-            node = node[p]
-        node[last] = value
+        node, key = _parent(data, path)
+        node[key] = value
     return fn
 
 
 def _del(path: str) -> Callable[[dict[str, Any]], None]:
     def fn(data: dict[str, Any]) -> None:
-        *parents, last = path.split(".")
-        node = data
-        for p in parents:
-            node = node[p]
-        del node[last]
+        node, key = _parent(data, path)
+        del node[key]
     return fn
 
 
