@@ -1,0 +1,1 @@
+"""halab balancer: round robin over the web tier, health checks, instant ejection."""

@@ -1,0 +1,5 @@
+import sys
+
+from balancer.daemon import main
+
+sys.exit(main())

@@ -1,0 +1,258 @@
+"""Observing and steering the balancer while it runs.
+
+* The admin HTTP listener (``[admin] bind``; the firewall lets only the
+  private network in): ``/`` an HTML stats page in the spirit of HAProxy's,
+  ``/stats.json``, ``/metrics`` (Prometheus text format).
+* The runtime API on a unix socket (``[global] admin_socket``), one command a
+  line, like HAProxy's::
+
+      show servers | show stat [json] | show info
+      set server NAME state ready|drain|maint
+      set server NAME weight 0-256
+      set server NAME health up|down
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from balancer.core import Balancer
+from balancer.scheduler import Admin
+
+HELP = """\
+commands:
+  show servers                       one line per server
+  show stat [json]                   all counters (text or JSON)
+  show info                          frontend counters
+  set server NAME state ready|drain|maint
+  set server NAME weight 0-256
+  set server NAME health up|down
+  help
+"""
+
+
+# --- runtime API --------------------------------------------------------------------
+
+
+def execute(bal: Balancer, line: str) -> str:
+    """Run one runtime command; the answer ends with a newline, errors start 'error:'."""
+    words = line.split()
+    if not words or words == ["help"]:
+        return HELP
+    if words == ["show", "servers"]:
+        return servers_table(bal.snapshot())
+    if words[:2] == ["show", "stat"]:
+        snap = bal.snapshot()
+        if words[2:] == ["json"]:
+            return json.dumps(snap, indent=2) + "\n"
+        return servers_table(snap) + json.dumps(snap["frontend"]) + "\n"
+    if words == ["show", "info"]:
+        snap = bal.snapshot()
+        info = {k: v for k, v in snap.items() if k != "servers"}
+        return json.dumps(info, indent=2) + "\n"
+    if len(words) == 5 and words[:2] == ["set", "server"]:
+        _, _, name, what, value = words
+        if name not in bal.runtimes:
+            return f"error: no server {name!r} (servers: {', '.join(bal.runtimes)})\n"
+        if what == "state":
+            try:
+                state = Admin(value)
+            except ValueError:
+                return "error: state must be ready, drain or maint\n"
+            bal.set_admin(name, state)
+            return f"server {name} state {state.value}\n"
+        if what == "weight":
+            if not value.isdigit() or not 0 <= int(value) <= 256:
+                return "error: weight must be 0-256\n"
+            bal.set_weight(name, int(value))
+            return f"server {name} weight {int(value)}\n"
+        if what == "health":
+            if value not in ("up", "down"):
+                return "error: health must be up or down\n"
+            rt = bal.runtimes[name]
+            tr = rt.health.force(value == "up", "set by admin", bal.loop.time())
+            if tr is not None:
+                bal.apply(rt, tr, source="admin")
+            return f"server {name} health {value}\n"
+    return f"error: unknown command {line.strip()!r}\n" + HELP
+
+
+def servers_table(snap: dict[str, Any]) -> str:
+    cols = ("name", "address", "state", "weight", "active", "requests", "connect_errors",
+            "response_errors", "retries", "redispatches", "downs", "last_check")
+    rows = [[str(s[c]) for c in cols] for s in snap["servers"]]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+async def serve_runtime_socket(bal: Balancer, path: str) -> asyncio.AbstractServer:
+    if os.path.exists(path):
+        os.unlink(path)  # a stale socket of a previous run
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write(execute(bal, line.decode(errors="replace")).encode())
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    old = os.umask(0o077)
+    try:
+        return await asyncio.start_unix_server(handle, path)
+    finally:
+        os.umask(old)
+
+
+# --- metrics -------------------------------------------------------------------------
+
+
+class _Collector:
+    def __init__(self, bal: Balancer) -> None:
+        self.bal = bal
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.bal.snapshot()
+        fe = snap["frontend"]
+        yield GaugeMetricFamily("halab_balancer_frontend_connections",
+                                "Client connections open now", value=fe["current"])
+        yield CounterMetricFamily("halab_balancer_frontend_connections",
+                                  "Client connections accepted", value=fe["connections"])
+        yield CounterMetricFamily("halab_balancer_frontend_requests",
+                                  "Requests received", value=fe["requests"])
+        codes = CounterMetricFamily("halab_balancer_frontend_responses",
+                                    "Responses sent to clients by class", labels=["code"])
+        for code, n in sorted(fe["responses"].items()):
+            codes.add_metric([code], n)
+        yield codes
+        yield GaugeMetricFamily("halab_balancer_queue", "Requests waiting for a server slot",
+                                value=fe["queued"])
+        gauges: dict[str, tuple[str, Callable[[dict[str, Any]], int]]] = {
+            "up": ("Server is UP (1) or DOWN (0)", lambda s: 1 if s["up"] else 0),
+            "usable": ("Server takes new requests (UP and ready)",
+                       lambda s: 1 if s["up"] and s["admin"] == "ready" else 0),
+            "weight": ("Configured weight", lambda s: s["weight"]),
+            "active": ("Requests or connections in progress", lambda s: s["active"]),
+            "idle_connections": ("Idle pooled keep-alive connections",
+                                 lambda s: s["idle_pooled"]),
+        }
+        for key, (doc, fn) in gauges.items():
+            g = GaugeMetricFamily(f"halab_balancer_server_{key}", doc, labels=["server"])
+            for s in snap["servers"]:
+                g.add_metric([s["name"]], fn(s))
+            yield g
+        counters = {
+            "requests": "Requests (http) or connections (tcp) sent",
+            "connect_errors": "Failed connection attempts",
+            "response_errors": "Failures after connecting",
+            "retries": "Failed attempts that were retried",
+            "redispatches": "Requests moved to another server",
+            "downs": "Transitions to DOWN",
+            "bytes_in": "Bytes received from the server",
+            "bytes_out": "Bytes sent to the server",
+        }
+        for key, doc in counters.items():
+            c = CounterMetricFamily(f"halab_balancer_server_{key}", doc, labels=["server"])
+            for s in snap["servers"]:
+                c.add_metric([s["name"]], s[key])
+            yield c
+
+
+def metrics_text(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+# --- the stats page ----------------------------------------------------------------------
+
+STATE_COLOURS = {"UP": "#c1f0c1", "DOWN": "#f6b3b3", "MAINT": "#c9c9f2", "DRAIN": "#f6e3a8",
+                 "DRAIN (DOWN)": "#f6b3b3"}
+
+
+def stats_html(snap: dict[str, Any]) -> str:
+    fe = snap["frontend"]
+    cols = [("server", "name"), ("address", "address"), ("state", "state"),
+            ("weight", "weight"), ("eff. weight", "effective_weight"), ("active", "active"),
+            ("idle conns", "idle_pooled"), ("requests", "requests"),
+            ("conn errors", "connect_errors"), ("resp errors", "response_errors"),
+            ("retries", "retries"), ("redispatches", "redispatches"), ("downs", "downs"),
+            ("last check", "last_check"), ("check age s", "last_check_age_s"),
+            ("in state s", "in_state_s")]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in cols) + "<th>responses</th>"
+    rows = []
+    for s in snap["servers"]:
+        colour = STATE_COLOURS.get(s["state"], "#fff")
+        cells = "".join(f"<td>{html.escape(str(s[k]))}</td>" for _, k in cols)
+        resp = ", ".join(f"{k}: {v}" for k, v in sorted(s["responses"].items()))
+        rows.append(f'<tr style="background:{colour}">{cells}<td>{html.escape(resp)}</td></tr>')
+    fe_resp = ", ".join(f"{k}: {v}" for k, v in sorted(fe["responses"].items()))
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
+<title>halab balancer statistics</title>
+<style>body{{font-family:sans-serif;font-size:13px}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #999;padding:2px 6px;text-align:right}} th{{background:#ddd}}
+td:first-child{{text-align:left;font-weight:bold}}</style></head>
+<body><h2>halab balancer</h2>
+<p>mode {html.escape(snap['mode'])}, algorithm {html.escape(snap['algorithm'])},
+uptime {snap['uptime_s']:.0f} s{', <b>draining</b>' if snap['draining'] else ''}</p>
+<p>frontend {html.escape(', '.join(fe['binds']))}: {fe['current']} connections open,
+{fe['connections']} accepted, {fe['requests']} requests, {fe['bad_requests']} bad requests,
+{fe['queued']} queued; responses {html.escape(fe_resp)}</p>
+<table><tr>{head}</tr>
+{''.join(rows)}
+</table>
+<p><a href="/stats.json">/stats.json</a> &middot; <a href="/metrics">/metrics</a></p>
+</body></html>
+"""
+
+
+async def serve_admin_http(bal: Balancer, host: str, port: int) -> asyncio.AbstractServer:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_Collector(bal))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+            parts = head.split(b"\r\n", 1)[0].split()
+            method, path = (parts[0], parts[1].split(b"?")[0]) if len(parts) >= 2 else (b"", b"")
+            status, ctype, body = route(bal, registry, method, path)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError):
+            writer.close()
+            return
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+            f"Cache-Control: no-store\r\nConnection: close\r\n\r\n".encode() + body)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, host, port, reuse_address=True)
+
+
+def route(bal: Balancer, registry: CollectorRegistry, method: bytes,
+          path: bytes) -> tuple[str, str, bytes]:
+    if method not in (b"GET", b"HEAD"):
+        return "405 Method Not Allowed", "text/plain", b"GET only\n"
+    if path in (b"/", b"/stats"):
+        return "200 OK", "text/html; charset=utf-8", stats_html(bal.snapshot()).encode()
+    if path == b"/stats.json":
+        return "200 OK", "application/json", json.dumps(bal.snapshot()).encode()
+    if path == b"/metrics":
+        return "200 OK", "text/plain; version=0.0.4", metrics_text(registry)
+    return "404 Not Found", "text/plain", b"not found: try /, /stats.json or /metrics\n"

@@ -1,0 +1,345 @@
+"""The balancer's runtime: servers with their health, pools, queue and counters.
+
+This is the thin IO shell around the sans-IO parts (``scheduler``,
+``health``): it runs the active checks, applies transitions, hands out
+server slots (queueing when every server is at maxconn) and keeps the
+statistics the admin page, JSON and metrics show. The proxies
+(``proxy_http``, ``proxy_tcp``) ask it for a server and report outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from balancer.config import Config, ServerConfig
+from balancer.health import Health, Transition
+from balancer.scheduler import Admin, Scheduler, Server, Verdict
+from lab.logs import EventLog
+
+
+class Pooled(Protocol):
+    def close(self) -> None: ...
+
+
+class Retryable(Protocol):
+    def redispatch(self, reason: str) -> bool: ...
+
+
+@dataclass
+class ServerStats:
+    requests: int = 0  # requests (http) / connections (tcp) sent to it
+    responses: dict[str, int] = field(default_factory=lambda: collections.Counter())
+    connect_errors: int = 0
+    response_errors: int = 0
+    retries: int = 0  # attempts on it that failed and were retried
+    redispatches: int = 0  # requests moved away from it
+    bytes_in: int = 0  # from the server
+    bytes_out: int = 0  # to the server
+    checks_failed: int = 0
+    downs: int = 0  # times it went DOWN
+
+
+@dataclass
+class ServerRuntime:
+    server: Server
+    health: Health
+    stats: ServerStats = field(default_factory=ServerStats)
+    pool: list[Any] = field(default_factory=list)
+    inflight: set[Any] = field(default_factory=set)
+    check_task: asyncio.Task[None] | None = None
+    admin_since: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.server.name
+
+    def state(self) -> str:
+        if self.server.admin is Admin.MAINT:
+            return "MAINT"
+        if self.server.admin is Admin.DRAIN:
+            return "DRAIN" if self.server.up else "DRAIN (DOWN)"
+        return "UP" if self.server.up else "DOWN"
+
+
+@dataclass
+class FrontendStats:
+    connections: int = 0
+    current: int = 0
+    requests: int = 0
+    responses: collections.Counter[str] = field(default_factory=collections.Counter)
+    generated: collections.Counter[int] = field(default_factory=collections.Counter)
+    bad_requests: int = 0
+    queued: int = 0
+    queue_timeouts: int = 0
+
+
+class Balancer:
+    def __init__(self, config: Config, log: EventLog) -> None:
+        self.config = config
+        self.log = log
+        self.loop = asyncio.get_event_loop()
+        self.started = time.time()
+        self.draining = False
+        self.frontend = FrontendStats()
+        self.clients: set[Any] = set()
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.runtimes: dict[str, ServerRuntime] = {}
+        self.scheduler = Scheduler([], config.algorithm)
+        for sc in config.servers:
+            self._add_server(sc)
+
+    # --- servers ------------------------------------------------------------------
+
+    def _add_server(self, sc: ServerConfig) -> ServerRuntime:
+        now = self.loop.time()
+        srv = Server(name=sc.name, host=sc.host, port=sc.port, weight=sc.weight,
+                     maxconn=sc.maxconn, backup=sc.backup, slowstart=sc.slowstart)
+        rt = ServerRuntime(srv, Health(self.config.health, self.config.error_limit, now),
+                           admin_since=now)
+        self.runtimes[sc.name] = rt
+        self.scheduler.servers.append(srv)
+        return rt
+
+    def runtime(self, name: str) -> ServerRuntime:
+        return self.runtimes[name]
+
+    def start_checks(self) -> None:
+        if self.config.health.check == "none":
+            return
+        for rt in self.runtimes.values():
+            if rt.check_task is None or rt.check_task.done():
+                rt.check_task = self.loop.create_task(self._check_loop(rt))
+
+    def stop_checks(self) -> None:
+        for rt in self.runtimes.values():
+            if rt.check_task is not None:
+                rt.check_task.cancel()
+                rt.check_task = None
+
+    async def _check_loop(self, rt: ServerRuntime) -> None:
+        while True:
+            await asyncio.sleep(rt.health.next_delay())
+            if rt.server.admin is Admin.MAINT:
+                continue
+            ok, reason = await self.check_once(rt.server)
+            if not ok:
+                rt.stats.checks_failed += 1
+            tr = rt.health.check_result(ok, reason, self.loop.time())
+            if tr is not None:
+                self.apply(rt, tr, source="check")
+
+    async def check_once(self, server: Server) -> tuple[bool, str]:
+        h = self.config.health
+        try:
+            async with asyncio.timeout(h.timeout):
+                reader, writer = await asyncio.open_connection(server.host, server.port)
+                try:
+                    if h.check == "tcp":
+                        return True, "tcp connect ok"
+                    writer.write(
+                        f"GET {h.path} HTTP/1.1\r\nHost: {server.host}\r\n"
+                        f"User-Agent: halab-balancer-check\r\nConnection: close\r\n\r\n".encode())
+                    line = await reader.readline()
+                finally:
+                    writer.close()
+        except TimeoutError:
+            return False, f"check timeout ({int(h.timeout * 1000)} ms)"
+        except ConnectionRefusedError:
+            return False, "connection refused"
+        except OSError as e:
+            return False, e.strerror or type(e).__name__
+        parts = line.split()
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+            return False, "invalid check response"
+        status = int(parts[1])
+        return status == h.expect_status, f"http {status}"
+
+    def observe(self, rt: ServerRuntime, ok: bool, reason: str) -> None:
+        tr = rt.health.observe(ok, reason, self.loop.time())
+        if tr is not None:
+            self.apply(rt, tr, source="traffic")
+
+    def apply(self, rt: ServerRuntime, tr: Transition, source: str) -> None:
+        self.scheduler.set_up(rt.server, tr.up, tr.at)
+        if not tr.up:
+            rt.stats.downs += 1
+        self.log.warning("server_up" if tr.up else "server_down", server=rt.name,
+                         reason=tr.reason, source=source, active=rt.server.active,
+                         usable=sum(s.usable for s in self.scheduler.servers))
+        if tr.up:
+            self._wake_waiters()
+        else:
+            self._evacuate(rt, f"{rt.name} is DOWN")
+
+    def _evacuate(self, rt: ServerRuntime, reason: str) -> None:
+        """Close idle connections; move requests that got no answer yet elsewhere."""
+        for conn in list(rt.pool):
+            conn.close()
+        rt.pool.clear()
+        for ex in list(rt.inflight):
+            if ex.redispatch(reason):
+                rt.stats.redispatches += 1
+
+    def set_admin(self, name: str, state: Admin) -> None:
+        rt = self.runtimes[name]
+        old = rt.server.admin
+        rt.server.admin = state
+        rt.admin_since = self.loop.time()
+        self.log.warning("server_admin", server=name, state=state.value, was=old.value)
+        if state is Admin.MAINT:
+            self._evacuate(rt, f"{name} is in maintenance")
+        elif state is Admin.READY:
+            self._wake_waiters()
+
+    def set_weight(self, name: str, weight: int) -> None:
+        rt = self.runtimes[name]
+        self.log.info("server_weight", server=name, weight=weight, was=rt.server.weight)
+        rt.server.weight = weight
+        self.scheduler.reset_rotation()
+
+    # --- choosing, with the queue ----------------------------------------------------
+
+    async def choose(self, client: str, exclude: Iterable[str] = ()) -> ServerRuntime | None:
+        """A server for a request, waiting in the queue while all are full; None: 503."""
+        ex = tuple(exclude)
+        deadline = self.loop.time() + self.config.timeouts.queue
+        while True:
+            pick = self.scheduler.pick(self.loop.time(), client, ex)
+            if pick.verdict is Verdict.NONE and ex:
+                # Every other server failed already: the same one may be tried again.
+                pick = self.scheduler.pick(self.loop.time(), client)
+            if pick.verdict is Verdict.OK:
+                assert pick.server is not None
+                rt = self.runtimes[pick.server.name]
+                self.scheduler.acquire(rt.server)
+                return rt
+            if pick.verdict is Verdict.NONE:
+                return None
+            left = deadline - self.loop.time()
+            if left <= 0:
+                self.frontend.queue_timeouts += 1
+                return None
+            fut: asyncio.Future[None] = self.loop.create_future()
+            self.waiters.append(fut)
+            self.frontend.queued += 1
+            try:
+                async with asyncio.timeout(left):
+                    await fut
+            except TimeoutError:
+                pass
+            finally:
+                self.frontend.queued -= 1
+                if fut in self.waiters:
+                    self.waiters.remove(fut)
+
+    def release(self, rt: ServerRuntime) -> None:
+        self.scheduler.release(rt.server)
+        self._wake_waiters(1)
+
+    def _wake_waiters(self, n: int | None = None) -> None:
+        woken = 0
+        while self.waiters and (n is None or woken < n):
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                woken += 1
+
+    # --- reload ------------------------------------------------------------------------
+
+    def reconfigure(self, new: Config) -> None:
+        """Apply a new config; servers keep their health, counters and connections."""
+        old = self.config
+        self.config = new
+        self.scheduler.algorithm = new.algorithm
+        wanted = {sc.name: sc for sc in new.servers}
+        for name in list(self.runtimes):
+            if name not in wanted:
+                rt = self.runtimes.pop(name)
+                if rt.check_task is not None:
+                    rt.check_task.cancel()
+                self.scheduler.servers.remove(rt.server)
+                self._evacuate(rt, f"{name} was removed")
+                self.log.info("server_removed", server=name)
+        for sc in new.servers:
+            rt_or_none = self.runtimes.get(sc.name)
+            if rt_or_none is None:
+                self._add_server(sc)
+                self.log.info("server_added", server=sc.name, address=f"{sc.host}:{sc.port}")
+                continue
+            rt = rt_or_none
+            s = rt.server
+            if (s.host, s.port) != (sc.host, sc.port):
+                for conn in list(rt.pool):
+                    conn.close()
+                rt.pool.clear()
+            s.host, s.port, s.weight = sc.host, sc.port, sc.weight
+            s.maxconn, s.backup, s.slowstart = sc.maxconn, sc.backup, sc.slowstart
+            rt.health.params = new.health
+            rt.health.error_limit = new.error_limit
+        # keep config-file order
+        self.scheduler.servers.sort(key=lambda s: list(wanted).index(s.name))
+        self.scheduler.reset_rotation()
+        if old.health.check != new.health.check:
+            self.stop_checks()
+        self.start_checks()
+        self._wake_waiters()
+
+    # --- statistics -----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.loop.time()
+        servers = []
+        for rt in self.runtimes.values():
+            s = rt.server
+            st = rt.stats
+            servers.append({
+                "name": s.name,
+                "address": f"{s.host}:{s.port}",
+                "state": rt.state(),
+                "up": s.up,
+                "admin": s.admin.value,
+                "weight": s.weight,
+                "effective_weight": s.effective_weight(now),
+                "backup": s.backup,
+                "maxconn": s.maxconn,
+                "active": s.active,
+                "idle_pooled": len(rt.pool),
+                "requests": st.requests,
+                "responses": dict(st.responses),
+                "connect_errors": st.connect_errors,
+                "response_errors": st.response_errors,
+                "retries": st.retries,
+                "redispatches": st.redispatches,
+                "bytes_in": st.bytes_in,
+                "bytes_out": st.bytes_out,
+                "downs": st.downs,
+                "checks_failed": st.checks_failed,
+                "last_check": rt.health.last_check,
+                "last_check_age_s": (round(now - rt.health.last_check_at, 3)
+                                     if rt.health.last_check_at is not None else None),
+                "in_state_s": round(now - rt.health.since, 3),
+            })
+        fe = self.frontend
+        return {
+            "mode": self.config.mode,
+            "algorithm": self.config.algorithm,
+            "uptime_s": round(time.time() - self.started, 3),
+            "draining": self.draining,
+            "frontend": {
+                "binds": [f"{h}:{p}" for h, p in self.config.binds],
+                "connections": fe.connections,
+                "current": fe.current,
+                "requests": fe.requests,
+                "responses": dict(fe.responses),
+                "generated": {str(k): v for k, v in fe.generated.items()},
+                "bad_requests": fe.bad_requests,
+                "queued": fe.queued,
+                "queue_timeouts": fe.queue_timeouts,
+            },
+            "servers": servers,
+        }

@@ -1,0 +1,91 @@
+"""A server's health: sans-IO, fed with check results and real-traffic observations.
+
+States and rules (HAProxy's model):
+
+* A server starts UP, so traffic flows at once; failures take it down.
+* Active checks: while UP, ``fall`` consecutive failed checks make it DOWN;
+  while DOWN, ``rise`` consecutive good checks make it UP.
+* Passive observation: ``error_limit`` consecutive errors on real traffic
+  (connect refused/timed out, reset before a response, 502/503/504 from the
+  server) make an UP server DOWN at once; any good response resets the count.
+  ``error_limit = 0`` turns passive observation off. Coming back UP always
+  takes ``rise`` good active checks (or an admin command).
+* The next check is due after ``inter`` while stably UP, ``fastinter`` while
+  the state is changing (some failures while UP, some successes while DOWN)
+  and ``downinter`` while stably DOWN.
+
+Every transition is returned as a :class:`Transition` (new state, reason, time)
+for the caller to apply and log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from balancer.config import HealthConfig
+
+
+@dataclass(frozen=True)
+class Transition:
+    up: bool
+    reason: str
+    at: float
+
+
+class Health:
+    def __init__(self, params: HealthConfig, error_limit: int, now: float) -> None:
+        self.params = params
+        self.error_limit = error_limit
+        self.up = True
+        self.since = now
+        self.successes = 0  # consecutive good checks (counts while DOWN)
+        self.failures = 0  # consecutive failed checks (counts while UP)
+        self.passive_errors = 0
+        self.last_check: str = "none"
+        self.last_check_at: float | None = None
+
+    def next_delay(self) -> float:
+        p = self.params
+        if (self.up and self.failures) or (not self.up and self.successes):
+            return p.fastinter
+        return p.inter if self.up else p.downinter
+
+    def _go(self, up: bool, reason: str, now: float) -> Transition:
+        self.up = up
+        self.since = now
+        self.successes = self.failures = self.passive_errors = 0
+        return Transition(up, reason, now)
+
+    def check_result(self, ok: bool, reason: str, now: float) -> Transition | None:
+        self.last_check = reason
+        self.last_check_at = now
+        if ok:
+            self.failures = 0
+            if not self.up:
+                self.successes += 1
+                if self.successes >= self.params.rise:
+                    return self._go(True, f"{self.params.rise} good checks: {reason}", now)
+            return None
+        self.successes = 0
+        if self.up:
+            self.failures += 1
+            if self.failures >= self.params.fall:
+                return self._go(False, f"{self.params.fall} failed checks: {reason}", now)
+        return None
+
+    def observe(self, ok: bool, reason: str, now: float) -> Transition | None:
+        """An outcome of real traffic."""
+        if ok:
+            self.passive_errors = 0
+            return None
+        if not self.up or self.error_limit == 0:
+            return None
+        self.passive_errors += 1
+        if self.passive_errors >= self.error_limit:
+            return self._go(False, f"{self.passive_errors} errors on traffic: {reason}", now)
+        return None
+
+    def force(self, up: bool, reason: str, now: float) -> Transition | None:
+        if up == self.up:
+            return None
+        return self._go(up, reason, now)
