@@ -369,7 +369,7 @@ class ClientConn(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.paused = 0
         self.exchange: Exchange | None = None
-        self.error: int | None = None
+        self.error: tuple[int, str] | None = None  # a limit hit inside a parser callback
         self.closing_requested = False  # the client half-closed: close once answered
 
     # --- asyncio ---------------------------------------------------------------------
@@ -400,7 +400,7 @@ class ClientConn(asyncio.Protocol):
             if self.error is None:
                 self.reject(400, f"malformed request: {e}")
             else:
-                self.reject(self.error, str(e.__cause__ or e))
+                self.reject(*self.error)
             return
         if self.error is not None:
             return
@@ -444,8 +444,8 @@ class ClientConn(asyncio.Protocol):
         assert self.req is not None
         self.req.url += url
         if len(self.req.url) > self.bal.config.max_url_size:
-            self.error = 414
-            raise httptools.HttpParserError("request target too long")
+            self.error = (414, "request target too long")
+            raise httptools.HttpParserError(self.error[1])
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.req
@@ -453,8 +453,8 @@ class ClientConn(asyncio.Protocol):
         req.headers.append((name, value))
         req.head_size += len(name) + len(value) + 4
         if req.head_size + len(req.url) > self.bal.config.max_header_size:
-            self.error = 431
-            raise httptools.HttpParserError("request header section too large")
+            self.error = (431, "request header section too large")
+            raise httptools.HttpParserError(self.error[1])
 
     def on_headers_complete(self) -> None:
         req = self.req
@@ -591,13 +591,14 @@ async def serve(bal: Balancer, client: ClientConn, req: Request) -> None:
     attempts = 0
     status = 0
     server_name = "-"
+    last_error = ""
     while True:
         rt = await bal.choose(client.peer, tried if cfg.redispatch else ())
         if rt is None:
             status = 503
-            msg = ("no server is available" if not bal.frontend.queued
-                   else "all servers are busy")
-            respond_error(bal, client, req, 503, msg)
+            full = any(s.usable for s in bal.scheduler.servers)
+            msg = "all servers are busy" if full else "no server is available"
+            respond_error(bal, client, req, 503, msg + last_error)
             break
         server_name = rt.name
         rt.stats.requests += 1
@@ -635,6 +636,7 @@ async def serve(bal: Balancer, client: ClientConn, req: Request) -> None:
                 attempts += 1
                 rt.stats.retries += 1
                 tried.append(rt.name)
+                last_error = f" (last error: server {rt.name}: {err.reason})"
                 continue
             if ex is not None and ex.started:
                 client.close()  # the response is cut: the client must see it

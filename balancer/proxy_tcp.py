@@ -83,6 +83,22 @@ class ClientSide(_Side):
         self.bal = bal
         self.rt: ServerRuntime | None = None
         self.task: asyncio.Task[None] | None = None
+        # What arrived before a server was connected (uvloop may deliver data
+        # and EOF even while reading is paused).
+        self.early: list[bytes] = []
+        self.early_eof = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None:
+            self.early.append(data)
+        else:
+            super().data_received(data)
+
+    def eof_received(self) -> bool:
+        if self.peer is None:
+            self.early_eof = True
+            return True
+        return super().eof_received()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -156,7 +172,13 @@ class ClientSide(_Side):
             bal.observe(rt, True, "connected")
             self.rt = rt
             self.peer, side.peer = side, self
-            self.transport.resume_reading()
+            for data in self.early:
+                self.data_received(data)
+            self.early = []
+            if self.early_eof:
+                super().eof_received()
+            else:
+                self.transport.resume_reading()
             return
         bal.frontend.generated[503] += 1
         self.transport.close()
