@@ -84,6 +84,8 @@ class Backend(abc.ABC):
     kind: str = "abstract"
     # Where the controller keeps the lab's own files (operator key, snapshots).
     control_dir: Path
+    # The Python interpreter that has halab installed, as a path on the hosts.
+    python: str
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         sv = sub.add_parser(verb, help=f"{verb} a supervised service on a host")
         sv.add_argument("host")
         sv.add_argument("service")
-    sub.add_parser("demo", help="show the lab working: status, then requests through it")
+    sub.add_parser("demo", help="show the lab working: status, then the curl loop through it")
     return p
 
 
@@ -72,23 +72,25 @@ def cmd_up(backend: Backend) -> None:
 
 
 def cmd_demo(backend: Backend) -> int:
-    """Until the balancer exists: the status table and a request from each director
-    to each web node, as the balancer will make them."""
+    """The status table, then the seed's curl loop from the client through each director."""
     if not backend.is_up():
         cmd_up(backend)
     else:
         render(gather(backend), console)
     topo = backend.topology
+    client = topo.clients[0]
     failures = 0
     for director in topo.directors:
-        for webnode in topo.webs:
-            url = f"http://{webnode.address('private')}:{topo.ports.http}/"
-            res = backend.run(director.name, ["curl", "-sS", "--max-time", "2", url],
+        addr = director.address(topo.vip.network.name)
+        url = f"http://{addr}:{topo.ports.http}/"
+        console.print(f"[bold]{client.name} $ for i in 1 2 3 4 5 6; do curl {url}; done[/]"
+                      f"   # through {director.name}'s balancer")
+        for _ in range(6):
+            res = backend.run(client.name, ["curl", "-sS", "--max-time", "2", url],
                               check=False, timeout=5)
-            body = res.text.strip() or res.stderr.decode(errors="replace").strip()
-            mark = "[green]ok[/]" if res.ok else "[red]failed[/]"
             failures += not res.ok
-            console.print(f"{director.name} $ curl {url}  ->  {body}  {mark}")
+            console.print("  " + (res.text.strip() if res.ok
+                                  else f"[red]{res.stderr.decode(errors='replace').strip()}[/]"))
     return 1 if failures else 0
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from lab.backend import Backend
 from lab.errors import HalabError
+from lab.topology import Host, Role
 
 
 def _live_addresses(backend: Backend, host: str) -> dict[str, list[str]] | None:
@@ -24,6 +25,20 @@ def _live_addresses(backend: Backend, host: str) -> dict[str, list[str]] | None:
             f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
         ]
     return result
+
+
+def _backend_health(backend: Backend, host: Host) -> list[dict[str, Any]] | None:
+    """The web nodes as this director's balancer sees them (its /stats.json)."""
+    topo = backend.topology
+    url = f"http://{host.address('private')}:{topo.ports.admin}/stats.json"
+    try:
+        res = backend.run(host.name, ["curl", "-sf", "--max-time", "1", url], check=False,
+                          timeout=5)
+        servers = json.loads(res.stdout)["servers"] if res.ok else None
+    except (HalabError, ValueError, KeyError):
+        return None
+    return [{"name": s["name"], "state": s["state"], "active": s["active"],
+             "requests": s["requests"]} for s in servers] if servers is not None else None
 
 
 def gather(backend: Backend) -> dict[str, Any]:
@@ -45,13 +60,17 @@ def gather(backend: Backend) -> dict[str, Any]:
             {"name": s.name, "running": s.running, "pid": s.pid, "detail": s.detail}
             for s in (backend.services(host.name) if up else [])
         ]
-        hosts.append({
+        entry: dict[str, Any] = {
             "name": host.name,
             "role": host.role.value,
             "up": live is not None,
             "interfaces": ifaces,
             "services": services,
-        })
+        }
+        if host.role is Role.DIRECTOR and any(
+                s["name"] == "balancer" and s["running"] for s in services):
+            entry["backends"] = _backend_health(backend, host)
+        hosts.append(entry)
     return {
         "lab": topo.lab,
         "backend": backend.kind,
@@ -83,5 +102,10 @@ def render(status: dict[str, Any], console: Console) -> None:
                                else f"[red]{s['detail']}[/]")
             for s in h["services"]
         ) or "-"
+        if h.get("backends") is not None:
+            services += "\n" + ", ".join(
+                f"{b['name']} "
+                + ("[green]UP[/]" if b["state"] == "UP" else f"[red]{b['state']}[/]")
+                for b in h["backends"])
         table.add_row(h["name"], h["role"], ifaces, services)
     console.print(table)

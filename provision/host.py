@@ -9,8 +9,7 @@ a network namespace, a VM or a real host:
 2. apply sysctls and the firewall (iptables-restore: atomic per table)
 3. start the services that are not running, waiting until they listen
 
-Directors get the balancer and heartbeat daemons once those exist; until
-then nothing on a director pretends to be them.
+Directors run halab's balancer (heartbeat follows with issue 4).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from lab.backend import Backend, HostPaths, ServiceSpec
 from lab.errors import HalabError
 from lab.system import require_programs
 from lab.topology import Host, Role, Topology
-from provision import firewall, ssh, web
+from provision import director, firewall, ssh, web
 
 SYSCTL_FILE = "/etc/sysctl.d/60-halab.conf"
 IPTABLES_FILE = "/etc/halab/iptables.rules"
@@ -91,7 +90,9 @@ def sysctl_file(host: Host) -> str:
     return f"# halab: kernel settings for a {host.role.value}\n{body}"
 
 
-def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys) -> HostPlan:
+def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
+              python: str = "python3") -> HostPlan:
+    """Everything ``host`` needs; ``python`` is the interpreter with halab on that host."""
     files = [
         File("/etc/hosts", hosts_file(topo, host)),
         File(SYSCTL_FILE, sysctl_file(host)),
@@ -116,6 +117,10 @@ def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys) -> Ho
         ]
         commands.append(("mkdir", "-p", f"{paths.state}/nginx"))
         services.append(web.nginx_service(topo))
+    if host.role is Role.DIRECTOR:
+        files.append(File(director.BALANCER_CONFIG, director.balancer_toml(topo, host, paths)))
+        commands.append((python, "-m", "balancer", "--check", "-f", director.BALANCER_CONFIG))
+        services.append(director.balancer_service(topo, python))
     return HostPlan(host.name, tuple(files), tuple(commands), tuple(services))
 
 
@@ -162,7 +167,8 @@ def provision(backend: Backend) -> None:
     require_programs(PROGRAMS)
     topo = backend.topology
     keys = lab_keys(backend)
-    plans = [plan_host(topo, h, backend.paths(h.name), keys) for h in backend.hosts()]
+    plans = [plan_host(topo, h, backend.paths(h.name), keys, backend.python)
+             for h in backend.hosts()]
     with ThreadPoolExecutor(max_workers=len(plans)) as pool:
         for future in [pool.submit(apply, backend, p) for p in plans]:
             future.result()

@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -160,6 +161,7 @@ class NetnsBackend(Backend):
         self.snapshot = self.control_dir / "topology.json"
         self.created_file = self.control_dir / "created.json"
         self._lock = threading.Lock()  # provisioning writes files from several threads
+        self.python = sys.executable  # hosts share this machine's file system
 
     # namespaces -------------------------------------------------------------
 

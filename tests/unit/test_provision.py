@@ -42,10 +42,24 @@ def test_web_node_runs_nginx_and_sshd() -> None:
     assert "/l/web0/nginx-access.log" in conf
 
 
-def test_director_runs_no_pretend_balancer_yet() -> None:
+def test_director_runs_the_balancer() -> None:
     p = plan("dir0")
-    assert [s.name for s in p.services] == ["sshd"]
+    assert [s.name for s in p.services] == ["sshd", "balancer"]
+    assert p.services[1].listens == (TOPO.ports.http, TOPO.ports.admin)
     assert "/etc/nginx/nginx.conf" not in files("dir0")
+    assert ("python3", "-m", "balancer", "--check", "-f", "/etc/halab/balancer.toml") in p.commands
+
+
+def test_balancer_config_from_topology() -> None:
+    from balancer import config
+
+    text = files("dir1")["/etc/halab/balancer.toml"].content
+    c = config.loads(text)
+    assert c.binds == (("203.0.113.100", 80), ("203.0.113.12", 80), ("198.18.0.12", 80))
+    assert c.admin_bind == ("198.18.0.12", 8404)
+    assert [(s.name, s.host, s.port) for s in c.servers] == [
+        ("web0", "198.18.0.21", 80), ("web1", "198.18.0.22", 80)]
+    assert c.health.path == web.HEALTH_PATH and c.admin_socket == "/r/dir1/balancer.sock"
 
 
 def test_director_sysctls() -> None:
