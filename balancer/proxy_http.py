@@ -641,10 +641,13 @@ async def serve(bal: Balancer, client: ClientConn, req: Request) -> None:
             if ex is not None and ex.started:
                 client.close()  # the response is cut: the client must see it
                 status = -1
+            elif ex is not None:
+                status = err.status
+                respond_error(bal, client, req, status, f"server {rt.name}: {err.reason}")
             else:
-                status = err.status if ex is not None else 503
-                respond_error(bal, client, req, status,
-                              f"server {rt.name}: {err.reason}")
+                status = 503
+                respond_error(bal, client, req, status, "no server is available (last error: "
+                              f"server {rt.name}: {err.reason})")
             break
         finally:
             client.exchange = None

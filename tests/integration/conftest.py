@@ -43,3 +43,20 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Backend]:
 @pytest.fixture(scope="session")
 def topo(lab: Backend) -> topo_mod.Topology:
     return lab.topology
+
+
+@pytest.fixture(scope="session")
+def vip_holder(lab: Backend) -> Iterator[str]:
+    """The director that holds the VIP.
+
+    Until the heartbeat daemon exists (issue 4) the suite puts the VIP on the
+    first director itself and takes it away afterwards.
+    """
+    topo = lab.topology
+    holder = topo.directors[0]
+    iface = holder.interface(topo.vip.network.name)
+    assert iface is not None
+    cidr = f"{topo.vip.address}/{topo.vip.network.subnet.prefixlen}"
+    lab.run(holder.name, ["ip", "addr", "replace", cidr, "dev", iface.name])
+    yield holder.name
+    lab.run(holder.name, ["ip", "addr", "del", cidr, "dev", iface.name], check=False)

@@ -47,11 +47,11 @@ class Listener:
 
 
 @contextmanager
-def listener(lab: Backend, host: str, kind: str, port: int,
-             seconds: float = 120.0) -> Iterator[Listener]:
+def listener(lab: Backend, host: str, kind: str, port: int, seconds: float = 120.0,
+             addr: str = "0.0.0.0") -> Iterator[Listener]:
     """A probe server on ``host`` (``tcp-listen`` or ``udp-echo``), ended by PID afterwards."""
     argv = lab.command(host, [sys.executable, str(PROBE), kind, str(port),
-                              "--seconds", str(seconds)])
+                              "--seconds", str(seconds), "--addr", addr])
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env())
     assert proc.stdout is not None
@@ -66,3 +66,41 @@ def listener(lab: Backend, host: str, kind: str, port: int,
     finally:
         if proc.poll() is None:
             lst.collect()
+
+
+class ClientLoop:
+    """Sequential HTTP requests from a lab host (probe.py http-loop), read as they happen."""
+
+    def __init__(self, lab: Backend, host: str, url: str, count: int, gap_ms: float = 5.0,
+                 timeout: float = 1.0) -> None:
+        argv = lab.command(host, [sys.executable, str(PROBE), "http-loop", url,
+                                  "--count", str(count), "--gap-ms", str(gap_ms),
+                                  "--timeout", str(timeout)])
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env())
+        self.results: list[dict[str, object]] = []
+        self.count = count
+
+    def read(self, n: int) -> list[dict[str, object]]:
+        """Block until ``n`` results are in (or the loop ended)."""
+        assert self.proc.stdout is not None
+        while len(self.results) < n:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.results.append(json.loads(line))
+        return self.results
+
+    def finish(self) -> list[dict[str, object]]:
+        self.read(self.count)
+        self.proc.wait(timeout=60)
+        return self.results
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    @staticmethod
+    def failures(results: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [r for r in results if r.get("status") != 200]

@@ -6,18 +6,23 @@ Clients print one word and exit 0:
                     | timeout (dropped, or nobody answered) | unreachable
 Servers print ``ready`` once bound, then one JSON line per peer seen, and stop
 by themselves after ``--seconds`` (every probe is bounded in time):
-  tcp-listen PORT   accept and close
+  tcp-listen PORT   accept and close (on --addr, default all addresses)
   udp-echo PORT     echo every datagram back
+A client loop, bounded by --count:
+  http-loop URL     sequential GETs, a new TCP connection each, one JSON line per
+                    request: {"i", "t" (start, epoch s), "ms", "status", "body", "err"}
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import http.client
 import json
 import socket
 import sys
 import time
+import urllib.parse
 
 PAYLOAD = b"halab-probe"
 
@@ -54,11 +59,32 @@ def udp(addr: str, port: int, timeout: float) -> str:
     return "open" if data == PAYLOAD else "garbage"
 
 
-def serve(kind: str, port: int, seconds: float) -> None:
+def http_loop(url: str, count: int, gap: float, timeout: float) -> None:
+    u = urllib.parse.urlsplit(url)
+    for i in range(count):
+        t = time.time()
+        t0 = time.monotonic()
+        rec: dict[str, object] = {"i": i, "t": t}
+        conn = http.client.HTTPConnection(u.hostname or "", u.port or 80, timeout=timeout)
+        try:
+            conn.request("GET", u.path or "/")
+            resp = conn.getresponse()
+            rec["status"] = resp.status
+            rec["body"] = resp.read().decode(errors="replace").strip()
+        except (OSError, http.client.HTTPException) as e:
+            rec["err"] = f"{type(e).__name__}: {e}"
+        finally:
+            conn.close()
+        rec["ms"] = round((time.monotonic() - t0) * 1000, 2)
+        print(json.dumps(rec), flush=True)
+        time.sleep(gap)
+
+
+def serve(kind: str, port: int, seconds: float, addr: str = "0.0.0.0") -> None:
     stype = socket.SOCK_STREAM if kind == "tcp-listen" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, stype) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))
+        s.bind((addr, port))
         if stype == socket.SOCK_STREAM:
             s.listen(64)
         print("ready", flush=True)
@@ -79,16 +105,21 @@ def serve(kind: str, port: int, seconds: float) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["tcp", "udp", "tcp-listen", "udp-echo"])
+    p.add_argument("kind", choices=["tcp", "udp", "tcp-listen", "udp-echo", "http-loop"])
     p.add_argument("args", nargs="+")
     p.add_argument("--timeout", type=float, default=1.0)
     p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--addr", default="0.0.0.0")
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--gap-ms", type=float, default=5.0)
     a = p.parse_args()
     if a.kind in ("tcp", "udp"):
         addr, port = a.args[0], int(a.args[1])
         print(tcp(addr, port, a.timeout) if a.kind == "tcp" else udp(addr, port, a.timeout))
+    elif a.kind == "http-loop":
+        http_loop(a.args[0], min(a.count, 100_000), a.gap_ms / 1000, a.timeout)
     else:
-        serve(a.kind, int(a.args[0]), a.seconds)
+        serve(a.kind, int(a.args[0]), a.seconds, a.addr)
     return 0
 
 

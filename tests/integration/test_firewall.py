@@ -1,9 +1,12 @@
 """The firewall policy, checked with real packets from every side.
 
-Directors get test listeners on the ports whose daemons are not built yet
-(http on the directors, heartbeat, admin), so every flow has a real
-listener behind the firewall: an allowed flow is answered ("open"), a
-rejected one is refused at once ("refused"), a dropped one times out.
+HTTP on the directors is the real balancer (on the VIP and its own
+addresses) and the admin port its admin listener (private address). Test
+listeners stand where no daemon listens yet (heartbeat) and where a flow
+must be stopped by the firewall rather than by a closed port (the admin port
+on the public address). So every flow has a real listener behind the
+firewall: an allowed flow is answered ("open"), a rejected one is refused at
+once ("refused"), a dropped one times out.
 """
 
 from __future__ import annotations
@@ -26,23 +29,18 @@ UNUSED_PORT = 12345
 
 
 @pytest.fixture(scope="module")
-def listeners(lab: Backend, topo: Topology) -> Iterator[dict[tuple[str, str], Listener]]:
-    """Listeners on both directors; the VIP on the first director while they run."""
-    holder = topo.directors[0]
-    vip_if = holder.interface(topo.vip.network.name)
-    assert vip_if is not None
-    vip_cidr = f"{topo.vip.address}/{topo.vip.network.subnet.prefixlen}"
+def listeners(lab: Backend, topo: Topology,
+              vip_holder: str) -> Iterator[dict[tuple[str, str], Listener]]:
+    """Test listeners on both directors (the VIP is on the first one)."""
+    assert vip_holder == topo.directors[0].name
     out: dict[tuple[str, str], Listener] = {}
     with ExitStack() as stack:
         for d in topo.directors:
-            out[(d.name, "http")] = stack.enter_context(
-                listener(lab, d.name, "tcp-listen", topo.ports.http))
-            out[(d.name, "admin")] = stack.enter_context(
-                listener(lab, d.name, "tcp-listen", topo.ports.admin))
+            out[(d.name, "admin-public")] = stack.enter_context(
+                listener(lab, d.name, "tcp-listen", topo.ports.admin,
+                         addr=str(d.address("public"))))
             out[(d.name, "heartbeat")] = stack.enter_context(
                 listener(lab, d.name, "udp-echo", topo.ports.heartbeat))
-        lab.run(holder.name, ["ip", "addr", "add", vip_cidr, "dev", vip_if.name])
-        stack.callback(lab.run, holder.name, ["ip", "addr", "del", vip_cidr, "dev", vip_if.name])
         yield out
 
 
