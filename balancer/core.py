@@ -21,6 +21,8 @@ from balancer.health import Health, Transition
 from balancer.scheduler import Admin, Scheduler, Server, Verdict
 from lab.logs import EventLog
 
+SWEEP_INTERVAL = 0.05  # timeout resolution, seconds
+
 
 class Pooled(Protocol):
     def close(self) -> None: ...
@@ -90,6 +92,7 @@ class Balancer:
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.runtimes: dict[str, ServerRuntime] = {}
         self.scheduler = Scheduler([], config.algorithm)
+        self.sweeper: asyncio.Task[None] | None = None
         for sc in config.servers:
             self._add_server(sc)
 
@@ -107,6 +110,32 @@ class Balancer:
 
     def runtime(self, name: str) -> ServerRuntime:
         return self.runtimes[name]
+
+    def start(self) -> None:
+        """Start health checks and the timeout sweeper."""
+        self.start_checks()
+        if self.sweeper is None:
+            self.sweeper = self.loop.create_task(self._sweep())
+
+    def stop(self) -> None:
+        self.stop_checks()
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+
+    async def _sweep(self) -> None:
+        """Timeouts as deadlines: connections and exchanges carry a ``deadline``
+        (loop time) and an ``on_timeout(now)``; no timer per request."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = self.loop.time()
+            for c in list(self.clients):
+                if c.deadline <= now:
+                    c.on_timeout(now)
+            for rt in list(self.runtimes.values()):
+                for ex in list(rt.inflight):
+                    if ex.deadline <= now:
+                        ex.on_timeout(now)
 
     def start_checks(self) -> None:
         if self.config.health.check == "none":

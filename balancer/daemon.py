@@ -95,7 +95,7 @@ class Daemon:
         except OSError as e:
             self.log.error("bind_failed", reason=str(e))
             return 1
-        self.bal.start_checks()
+        self.bal.start()
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
@@ -154,7 +154,7 @@ class Daemon:
         left = len(bal.clients)
         for client in list(bal.clients):
             client.close()
-        bal.stop_checks()
+        bal.stop()
         for rt in bal.runtimes.values():
             for conn in list(rt.pool):
                 conn.close()

@@ -26,48 +26,51 @@ Headers = list[tuple[bytes, bytes]]
 
 @dataclass
 class Head:
-    """The parts of a message head a proxy needs."""
+    """A message head as a proxy needs it, from one pass over the headers."""
 
-    headers: Headers = field(default_factory=list)
+    kept: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)  # (lower, name, value)
     content_length: int | None = None
     chunked: bool = False
     connection_tokens: frozenset[bytes] = frozenset()
 
 
+_PLAIN_TOKENS = frozenset({b"keep-alive", b"close"})
+
+
 def analyse(headers: Headers) -> Head:
-    """Framing and Connection tokens of a header list (names compared case-insensitively)."""
-    head = Head(headers=headers)
+    """Framing, Connection tokens and the end-to-end headers (no hop-by-hop ones,
+    none named in Connection); names compared case-insensitively."""
+    head = Head()
+    kept = head.kept
     tokens: set[bytes] = set()
     for name, value in headers:
         n = name.lower()
+        if n in HOP_BY_HOP:
+            if n == b"transfer-encoding":
+                head.chunked = b"chunked" in value.lower()
+            elif n == b"connection":
+                tokens.update(t.strip().lower() for t in value.split(b","))
+            continue
         if n == b"content-length":
             try:
                 head.content_length = int(value.strip())
             except ValueError:
                 head.content_length = None
-        elif n == b"transfer-encoding":
-            head.chunked = b"chunked" in value.lower()
-        elif n == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    head.connection_tokens = frozenset(tokens)
+        kept.append((n, name, value))
+    if tokens:
+        head.connection_tokens = frozenset(tokens)
+        if not tokens <= _PLAIN_TOKENS:
+            head.kept = [k for k in kept if k[0] not in tokens]
     return head
 
 
-def end_to_end(headers: Headers, tokens: frozenset[bytes]) -> Headers:
-    """The headers that cross the proxy: no hop-by-hop ones, none named in Connection."""
-    return [(n, v) for n, v in headers
-            if n.lower() not in HOP_BY_HOP and n.lower() not in tokens]
-
-
-def request_head(method: bytes, target: bytes, headers: Headers, *, client_ip: str,
-                 proto: bytes, host_fallback: bytes, chunked: bool) -> bytes:
+def request_head(method: bytes, target: bytes, head: Head, *, client_ip: str,
+                 proto: bytes, host_fallback: bytes) -> bytes:
     """The request head sent to a server (HTTP/1.1, keep-alive, X-Forwarded-*)."""
-    tokens = analyse(headers).connection_tokens
     out = [method, b" ", target, b" HTTP/1.1\r\n"]
     xff = None
     has_host = False
-    for n, v in end_to_end(headers, tokens):
-        ln = n.lower()
+    for ln, n, v in head.kept:
         if ln == b"x-forwarded-for":
             xff = v if xff is None else xff + b", " + v
             continue
@@ -75,25 +78,27 @@ def request_head(method: bytes, target: bytes, headers: Headers, *, client_ip: s
             continue
         if ln == b"host":
             has_host = True
-        out += [n, b": ", v, b"\r\n"]
+        out += (n, b": ", v, b"\r\n")
     ip = client_ip.encode()
-    out += [b"X-Forwarded-For: ", (xff + b", " + ip) if xff else ip, b"\r\n"]
-    out += [b"X-Forwarded-Proto: ", proto, b"\r\n"]
+    out += (b"X-Forwarded-For: ", (xff + b", " + ip) if xff else ip, b"\r\n")
+    out += (b"X-Forwarded-Proto: ", proto, b"\r\n")
     if not has_host:
-        out += [b"Host: ", host_fallback, b"\r\n"]
-    if chunked:
+        out += (b"Host: ", host_fallback, b"\r\n")
+    if head.chunked:
         out.append(b"Transfer-Encoding: chunked\r\n")
     out.append(b"\r\n")
     return b"".join(out)
 
 
-def response_head(status: int, reason: bytes, headers: Headers, *, keep_alive: bool,
+def response_head(status: int, reason: bytes, head: Head, *, keep_alive: bool,
                   client_http10: bool, chunked: bool) -> bytes:
-    """The response head sent to the client."""
-    tokens = analyse(headers).connection_tokens
+    """The response head sent to the client; ``chunked``: we re-chunk the body."""
     out = [b"HTTP/1.1 ", str(status).encode(), b" ", reason, b"\r\n"]
-    for n, v in end_to_end(headers, tokens):
-        out += [n, b": ", v, b"\r\n"]
+    drop_length = chunked or head.chunked
+    for ln, n, v in head.kept:
+        if drop_length and ln == b"content-length":
+            continue
+        out += (n, b": ", v, b"\r\n")
     if chunked:
         out.append(b"Transfer-Encoding: chunked\r\n")
     if not keep_alive:

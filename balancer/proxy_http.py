@@ -2,7 +2,7 @@
 
 Client side (``ClientConn``): httptools parses requests (pipelined ones are
 queued and served in order); limits give 414/431/400/408 and never crash the
-worker. Each request is served by :func:`serve`:
+worker. Each request is dispatched by ``ClientConn.dispatch``:
 
 1. the balancer chooses a server (queueing while all are at maxconn;
    503 with a clear body when none is usable)
@@ -18,6 +18,11 @@ Retries: a connect error, or a failure before any response byte of an
 idempotent request whose body was kept, is retried (``retries`` times, on
 another server with ``redispatch``); the client never sees it. When a server
 goes DOWN, its requests that have no response yet are moved the same way.
+
+The hot path (a pooled connection is free) runs entirely in protocol
+callbacks: no task, future or timer per request. Writes to the client are
+corked while a server's bytes are parsed, so a response head and body leave
+in one system call. Timeouts are deadlines checked by the balancer's sweeper.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import httptools
 
 from balancer import http
 from balancer.core import Balancer, ServerRuntime
+from balancer.scheduler import Verdict
 
 RETRY_BUFFER = 64 * 1024
 MAX_PIPELINE = 32
@@ -50,13 +56,14 @@ class AttemptFailed(Exception):
 
 
 class Request:
-    __slots__ = ("attempted", "body_done", "body_size", "chunked", "content_length", "head_size",
-                 "headers", "http10", "keep_alive", "kept", "method", "pending", "replayable",
-                 "sink", "started", "url")
+    __slots__ = ("attempted", "attempts", "body_done", "body_size", "chunked", "content_length",
+                 "head", "head_size", "headers", "http10", "keep_alive", "kept", "last_error",
+                 "method", "pending", "replayable", "server", "sink", "started", "tried", "url")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: http.Headers = []
+        self.head = http.Head()
         self.head_size = 0
         self.method = b""
         self.http10 = False
@@ -71,6 +78,10 @@ class Request:
         self.attempted = False
         self.sink: Exchange | None = None  # the exchange streaming this body now
         self.started = time.monotonic()
+        self.tried: list[str] = []  # servers whose attempt failed
+        self.attempts = 0
+        self.last_error = ""
+        self.server = "-"
 
     @property
     def has_body(self) -> bool:
@@ -128,15 +139,21 @@ class BackendConn(asyncio.Protocol):
             self.close()
             return
         ex.got_bytes = True
+        ex.deadline = self.bal.loop.time() + self.bal.config.timeouts.server
         self.rt.stats.bytes_in += len(data)
+        client = ex.client
+        client.corked = True  # everything this read produces leaves in one write
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             ex.fail(AttemptFailed("upgrade not supported", retryable=False))
             self.close()
         except httptools.HttpParserError as e:
-            ex.fail(AttemptFailed(f"invalid response: {e}", retryable=False))
+            if self.exchange is not None:
+                self.exchange.fail(AttemptFailed(f"invalid response: {e}", retryable=False))
             self.close()
+        finally:
+            client.uncork()
 
     def eof_received(self) -> bool:
         return False
@@ -145,8 +162,13 @@ class BackendConn(asyncio.Protocol):
         self.closed = True
         if self in self.rt.pool:
             self.rt.pool.remove(self)
-        if self.exchange is not None:
-            self.exchange.backend_lost(exc)
+        ex = self.exchange
+        if ex is not None:
+            ex.client.corked = True
+            try:
+                ex.backend_lost(exc)
+            finally:
+                ex.client.uncork()
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
@@ -183,6 +205,25 @@ class BackendConn(asyncio.Protocol):
 class Exchange:
     """One request on one server connection: sends it, streams the response back."""
 
+    __slots__ = (
+        "bal",
+        "client",
+        "client_keep_alive",
+        "conn",
+        "deadline",
+        "finished",
+        "got_bytes",
+        "rechunk",
+        "req",
+        "resp_headers",
+        "reused",
+        "rt",
+        "sent_bytes",
+        "started",
+        "status",
+        "until_close",
+    )
+
     def __init__(self, bal: Balancer, client: ClientConn, req: Request, rt: ServerRuntime,
                  conn: BackendConn, reused: bool) -> None:
         self.bal = bal
@@ -191,7 +232,6 @@ class Exchange:
         self.rt = rt
         self.conn = conn
         self.reused = reused
-        self.done: asyncio.Future[None] = bal.loop.create_future()
         self.got_bytes = False
         self.started = False  # response head written to the client
         self.finished = False
@@ -201,7 +241,7 @@ class Exchange:
         self.until_close = False
         self.client_keep_alive = True
         self.sent_bytes = 0
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = bal.loop.time() + bal.config.timeouts.server
 
     # --- request ---------------------------------------------------------------
     def start(self) -> None:
@@ -211,19 +251,21 @@ class Exchange:
         conn.exchange = self
         conn.uses += 1
         self.rt.inflight.add(self)
-        host = f"{self.rt.server.host}:{self.rt.server.port}".encode()
-        head = http.request_head(req.method, req.url, req.headers, client_ip=self.client.peer,
-                                 proto=b"http", host_fallback=host,
-                                 chunked=req.chunked)
-        conn.transport.write(head)
-        self.sent_bytes += len(head)
+        self.client.exchange = self
+        srv = self.rt.server
+        out = [http.request_head(req.method, req.url, req.head, client_ip=self.client.peer,
+                                 proto=b"http", host_fallback=f"{srv.host}:{srv.port}".encode())]
         for part in req.take_body():
-            self.send_body(part)
+            if part:
+                out.append(http.chunk(part) if req.chunked else part)
         if req.body_done:
-            self.end_body()
+            if req.chunked:
+                out.append(http.LAST_CHUNK)
         else:
             req.sink = self
-        self.arm(self.bal.config.timeouts.server)
+        data = b"".join(out)
+        self.sent_bytes += len(data)
+        conn.transport.write(data)
 
     def send_body(self, data: bytes) -> None:
         if self.finished or self.conn.transport is None or not data:
@@ -237,13 +279,7 @@ class Exchange:
         if self.req.chunked and not self.finished and self.conn.transport is not None:
             self.conn.transport.write(http.LAST_CHUNK)
 
-    # --- timers ----------------------------------------------------------------
-    def arm(self, seconds: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.bal.loop.call_later(seconds, self.on_timeout)
-
-    def on_timeout(self) -> None:
+    def on_timeout(self, now: float) -> None:
         if self.started:
             self.fail(AttemptFailed("server timeout during response", retryable=False))
         else:
@@ -252,8 +288,9 @@ class Exchange:
 
     # --- response --------------------------------------------------------------
     def on_response_head(self, status: int) -> None:
+        req = self.req
         if 100 <= status < 200:
-            if status != 101 and not self.req.http10:
+            if status != 101 and not req.http10:
                 self.client.write(f"HTTP/1.1 {status} {http.REASONS.get(status, '')}\r\n\r\n"
                                   .encode())
             self.resp_headers = []
@@ -261,32 +298,31 @@ class Exchange:
             return
         self.status = status
         head = http.analyse(self.resp_headers)
-        no_body = self.req.method == b"HEAD" or status in (204, 304)
+        no_body = req.method == b"HEAD" or status in (204, 304)
         self.until_close = (not no_body and head.content_length is None and not head.chunked)
-        self.client_keep_alive = (self.req.keep_alive and not self.bal.draining
+        self.client_keep_alive = (req.keep_alive and not self.bal.draining
                                   and not self.client.closing
-                                  and not (self.until_close and self.req.http10))
-        self.rechunk = not no_body and (head.chunked or self.until_close) and not self.req.http10
-        headers = self.resp_headers
-        if head.chunked or self.until_close:
-            headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+                                  and not (self.until_close and req.http10))
+        self.rechunk = not no_body and (head.chunked or self.until_close) and not req.http10
         self.client.write(http.response_head(
-            status, http.REASONS.get(status, "Unknown").encode(), headers,
-            keep_alive=self.client_keep_alive, client_http10=self.req.http10,
+            status, REASON_BYTES.get(status) or b"Unknown", head,
+            keep_alive=self.client_keep_alive, client_http10=req.http10,
             chunked=self.rechunk))
         self.started = True
-        self.arm(self.bal.config.timeouts.server)
-        if self.req.method == b"HEAD":
+        if not no_body and (head.chunked or head.content_length):
+            # the body usually follows in the server's next segment: send the
+            # head with it, one write instead of two
+            self.client.hold = True
+        if req.method == b"HEAD":
             # httptools cannot be told that a HEAD response has no body: end here
             # and do not reuse this connection.
             self.conn.keep_alive = False
             self.finish()
 
     def on_response_body(self, data: bytes) -> None:
-        if self.finished:
-            return
-        self.client.write(http.chunk(data) if self.rechunk else data)
-        self.arm(self.bal.config.timeouts.server)
+        if not self.finished:
+            self.client.hold = False
+            self.client.write(http.chunk(data) if self.rechunk else data)
 
     def on_response_complete(self) -> None:
         if self.status < 0:  # an interim 1xx response
@@ -328,32 +364,29 @@ class Exchange:
     # --- the end -----------------------------------------------------------------
     def _end(self) -> None:
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
+        self.client.hold = False
         self.rt.inflight.discard(self)
         self.conn.exchange = None
         if self.req.sink is self:
             self.req.sink = None
+        if self.client.exchange is self:
+            self.client.exchange = None
         self.rt.stats.bytes_out += self.sent_bytes
 
     def finish(self) -> None:
-        if self.finished:
-            return
-        self._end()
-        if not self.done.done():
-            self.done.set_result(None)
+        if not self.finished:
+            self._end()
+            self.client.exchange_done(self)
 
     def fail(self, err: AttemptFailed) -> None:
-        if self.finished:
-            return
-        self._end()
-        self.conn.keep_alive = False
-        if not self.done.done():
-            self.done.set_exception(err)
+        if not self.finished:
+            self._end()
+            self.conn.keep_alive = False
+            self.client.attempt_failed(self.req, self.rt, self, err)
 
 
 class ClientConn(asyncio.Protocol):
-    """One client connection in HTTP mode."""
+    """One client connection in HTTP mode: parses requests and serves them in order."""
 
     def __init__(self, bal: Balancer) -> None:
         self.bal = bal
@@ -362,15 +395,19 @@ class ClientConn(asyncio.Protocol):
         self.peer = "-"
         self.queue: collections.deque[Request] = collections.deque()
         self.req: Request | None = None  # being parsed
+        self.active: Request | None = None  # being served (queue[0])
         self.in_head = False
         self.head_bytes = 0
         self.closing = False
-        self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None  # connecting or queueing, off the hot path
+        self.deadline = float("inf")  # checked by the balancer's sweeper
         self.paused = 0
         self.exchange: Exchange | None = None
         self.error: tuple[int, str] | None = None  # a limit hit inside a parser callback
         self.closing_requested = False  # the client half-closed: close once answered
+        self.corked = False
+        self.hold = False  # keep a response head back until its body arrives
+        self.out: list[bytes] = []
 
     # --- asyncio ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -384,7 +421,7 @@ class ClientConn(asyncio.Protocol):
         if self.bal.draining:
             self.close()
             return
-        self.arm(self.bal.config.timeouts.client_header)
+        self.set_deadline(self.bal.config.timeouts.client_header)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -416,11 +453,10 @@ class ClientConn(asyncio.Protocol):
         self.closing = True
         self.bal.frontend.current -= 1
         self.bal.clients.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.exchange is not None and not self.exchange.finished:
-            self.exchange.fail(AttemptFailed("client went away", retryable=False, passive=False))
-            self.exchange.conn.close()
+        ex = self.exchange
+        if ex is not None and not ex.finished:
+            ex.conn.close()
+            ex.fail(AttemptFailed("client went away", retryable=False, passive=False))
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
@@ -438,7 +474,7 @@ class ClientConn(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.req = Request()
         self.in_head = True
-        self.arm(self.bal.config.timeouts.client_header)
+        self.set_deadline(self.bal.config.timeouts.client_header)
 
     def on_url(self, url: bytes) -> None:
         assert self.req is not None
@@ -461,13 +497,12 @@ class ClientConn(asyncio.Protocol):
         assert req is not None
         self.in_head = False
         self.head_bytes = 0
-        if self.timer is not None:
-            self.timer.cancel()
+        self.deadline = float("inf")
         p = self.parser
         req.method = p.get_method()
         req.http10 = p.get_http_version() == "1.0"
         req.keep_alive = p.should_keep_alive()
-        head = http.analyse(req.headers)
+        head = req.head = http.analyse(req.headers)
         req.chunked = head.chunked
         req.content_length = head.content_length
         if not req.has_body:
@@ -476,8 +511,8 @@ class ClientConn(asyncio.Protocol):
         self.bal.frontend.requests += 1
         if len(self.queue) > MAX_PIPELINE:
             self.pause_reading()
-        if self.task is None or self.task.done():
-            self.task = self.bal.loop.create_task(self.process())
+        if self.active is None:
+            self.next_request()
 
     def on_body(self, body: bytes) -> None:
         if self.req is not None:
@@ -488,49 +523,191 @@ class ClientConn(asyncio.Protocol):
             self.req.on_body_done()
         self.req = None
 
-    # --- serving ---------------------------------------------------------------------
-    async def process(self) -> None:
-        while self.queue and not self.closing:
-            req = self.queue[0]
-            await serve(self.bal, self, req)
-            self.queue.popleft()
-            if self.paused and len(self.queue) <= MAX_PIPELINE // 2:
-                self.resume_reading()
-            if not req.keep_alive or self.bal.draining:
-                self.close()
-                return
-        if self.closing_requested and not self.queue:
-            self.close()
+    # --- serving -----------------------------------------------------------------
+    def next_request(self) -> None:
+        if self.closing or not self.queue:
             return
-        if not self.closing:
-            self.arm(self.bal.config.timeouts.client)
+        self.active = self.queue[0]
+        self.dispatch(self.active)
+
+    def dispatch(self, req: Request) -> None:
+        """Choose a server for ``req`` and start an attempt on it."""
+        bal = self.bal
+        sched = bal.scheduler
+        now = bal.loop.time()
+        exclude = req.tried if bal.config.redispatch else ()
+        pick = sched.pick(now, self.peer, exclude)
+        if pick.verdict is Verdict.NONE and exclude:
+            pick = sched.pick(now, self.peer)  # every other server failed: this one again
+        if pick.verdict is Verdict.OK:
+            assert pick.server is not None
+            rt = bal.runtimes[pick.server.name]
+            sched.acquire(rt.server)
+            self.attempt(req, rt)
+        elif pick.verdict is Verdict.NONE:
+            self.respond_error(req, 503, "no server is available" + req.last_error)
+        else:  # every usable server is at maxconn: wait in the queue (off the hot path)
+            self.task = bal.loop.create_task(self._queued(req))
+
+    async def _queued(self, req: Request) -> None:
+        rt = await self.bal.choose(self.peer, req.tried if self.bal.config.redispatch else ())
+        if self.closing:
+            if rt is not None:
+                self.bal.release(rt)
+        elif rt is None:
+            busy = any(s.usable for s in self.bal.scheduler.servers)
+            self.respond_error(req, 503, ("all servers are busy" if busy
+                                          else "no server is available") + req.last_error)
+        else:
+            self.attempt(req, rt)
+
+    def attempt(self, req: Request, rt: ServerRuntime) -> None:
+        rt.stats.requests += 1
+        req.server = rt.name
+        if req.idempotent:
+            pool = rt.pool
+            while pool:
+                conn = pool.pop()
+                if not conn.closed and conn.transport is not None:
+                    Exchange(self.bal, self, req, rt, conn, reused=True).start()
+                    return
+        self.task = self.bal.loop.create_task(self._connect(req, rt))
+
+    async def _connect(self, req: Request, rt: ServerRuntime) -> None:
+        bal = self.bal
+        try:
+            async with asyncio.timeout(bal.config.timeouts.connect):
+                _, conn = await bal.loop.create_connection(
+                    lambda: BackendConn(bal, rt), rt.server.host, rt.server.port)
+        except TimeoutError:
+            self.attempt_failed(req, rt, None, AttemptFailed("connect timeout", retryable=True))
+            return
+        except OSError as e:
+            reason = ("connection refused" if isinstance(e, ConnectionRefusedError)
+                      else e.strerror or type(e).__name__)
+            self.attempt_failed(req, rt, None, AttemptFailed(reason, retryable=True))
+            return
+        if self.closing:
+            conn.close()
+            bal.release(rt)
+            return
+        Exchange(bal, self, req, rt, conn, reused=False).start()
+
+    def exchange_done(self, ex: Exchange) -> None:
+        bal = self.bal
+        rt = ex.rt
+        status = ex.status
+        cls = CLASSES.get(status // 100, "other")
+        rt.stats.responses[cls] += 1
+        bal.frontend.responses[cls] += 1
+        bal.observe(rt, status not in RETRYABLE_STATUS_ERRORS, "")
+        release_conn(bal, rt, ex.conn)
+        bal.release(rt)
+        if not ex.client_keep_alive:
+            ex.req.keep_alive = False
+        self.request_done(ex.req, status)
+
+    def attempt_failed(self, req: Request, rt: ServerRuntime, ex: Exchange | None,
+                       err: AttemptFailed) -> None:
+        bal = self.bal
+        if ex is None:
+            rt.stats.connect_errors += 1
+        elif err.passive:
+            rt.stats.response_errors += 1
+        if ex is not None:
+            ex.conn.close()
+        bal.release(rt)
+        if err.passive:
+            bal.observe(rt, False, err.reason)
+        if self.closing:
+            return
+        retry = err.retryable and req.attempts < bal.config.retries
+        bal.log.info("attempt_failed", server=rt.name, reason=err.reason, retry=retry,
+                     client=self.peer)
+        if retry:
+            req.attempts += 1
+            rt.stats.retries += 1
+            req.tried.append(rt.name)
+            req.last_error = f" (last error: server {rt.name}: {err.reason})"
+            self.dispatch(req)
+        elif ex is not None and ex.started:
+            self.close()  # the response is cut short: the client must see that
+            self.request_done(req, -1)
+        elif ex is not None:
+            self.respond_error(req, err.status, f"server {rt.name}: {err.reason}")
+        else:
+            self.respond_error(req, 503, "no server is available (last error: "
+                               f"server {rt.name}: {err.reason})")
+
+    def respond_error(self, req: Request, status: int, reason: str) -> None:
+        fe = self.bal.frontend
+        fe.generated[status] += 1
+        fe.responses[CLASSES.get(status // 100, "other")] += 1
+        keep = req.keep_alive and req.body_done and not self.bal.draining
+        self.write(http.error_response(status, reason, keep_alive=keep))
+        if not keep:
+            req.keep_alive = False
+        self.request_done(req, status)
+
+    def request_done(self, req: Request, status: int) -> None:
+        bal = self.bal
+        if bal.config.access_log:
+            bal.log.info("request", client=self.peer,
+                         method=req.method.decode(errors="replace"),
+                         path=req.url.decode(errors="replace")[:200], status=status,
+                         server=req.server, retries=req.attempts,
+                         ms=round((time.monotonic() - req.started) * 1000, 1))
+        if self.queue and self.queue[0] is req:
+            self.queue.popleft()
+        self.active = None
+        if self.paused and len(self.queue) <= MAX_PIPELINE // 2:
+            self.resume_reading()
+        if self.closing:
+            return
+        if not req.keep_alive or bal.draining:
+            self.close()
+        elif self.queue:
+            self.next_request()
+        elif self.closing_requested:
+            self.close()
+        elif self.req is None:
+            self.set_deadline(bal.config.timeouts.client)
 
     def closing_after_queue(self) -> None:
         self.closing_requested = True
-        if not self.queue and (self.task is None or self.task.done()):
+        if not self.queue and self.active is None:
             self.close()
 
     # --- helpers ------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closing:
+        if self.corked or self.hold:
+            self.out.append(data)
+        elif self.transport is not None and not self.closing:
             self.transport.write(data)
 
-    def arm(self, seconds: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.bal.loop.call_later(seconds, self.on_timeout)
+    def uncork(self) -> None:
+        self.corked = False
+        if self.out and not self.hold:
+            data = b"".join(self.out)
+            self.out = []
+            if self.transport is not None and not self.closing:
+                self.transport.write(data)
 
-    def on_timeout(self) -> None:
+    def set_deadline(self, seconds: float) -> None:
+        self.deadline = self.bal.loop.time() + seconds
+
+    def on_timeout(self, now: float) -> None:
+        self.deadline = float("inf")
         if self.in_head:
             self.reject(408, "request not received in time")
-        elif not self.queue and self.req is None:
+        elif self.active is None and self.req is None:
             self.close()  # idle keep-alive connection
-        # while a request is being served, the server timeout applies
 
     def reject(self, status: int, reason: str) -> None:
-        self.bal.frontend.bad_requests += status < 500
-        self.bal.frontend.generated[status] += 1
-        self.bal.frontend.responses[f"{status // 100}xx"] += 1
+        fe = self.bal.frontend
+        fe.bad_requests += status < 500
+        fe.generated[status] += 1
+        fe.responses[CLASSES.get(status // 100, "other")] += 1
         self.bal.log.info("bad_request", client=self.peer, status=status, reason=reason)
         self.write(http.error_response(status, reason))
         self.close()
@@ -549,124 +726,26 @@ class ClientConn(asyncio.Protocol):
     def close(self) -> None:
         if self.closing:
             return
+        self.hold = False
+        self.uncork()
         self.closing = True
-        if self.timer is not None:
-            self.timer.cancel()
+        self.deadline = float("inf")
         if self.transport is not None:
             self.transport.close()
 
 
-async def connect(bal: Balancer, rt: ServerRuntime, reuse: bool) -> tuple[BackendConn, bool]:
-    """A connection to the server: a pooled one if allowed, else a new one."""
-    if reuse:
-        while rt.pool:
-            conn = rt.pool.pop()
-            if not conn.closed and conn.transport is not None:
-                return conn, True
-    try:
-        async with asyncio.timeout(bal.config.timeouts.connect):
-            _, proto = await bal.loop.create_connection(
-                lambda: BackendConn(bal, rt), rt.server.host, rt.server.port)
-    except TimeoutError:
-        raise AttemptFailed("connect timeout", retryable=True) from None
-    except ConnectionRefusedError:
-        raise AttemptFailed("connection refused", retryable=True) from None
-    except OSError as e:
-        raise AttemptFailed(e.strerror or type(e).__name__, retryable=True) from None
-    return proto, False
+CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+REASON_BYTES = {code: text.encode() for code, text in http.REASONS.items()}
 
 
 def release_conn(bal: Balancer, rt: ServerRuntime, conn: BackendConn) -> None:
+    """Back to the pool if it can carry another request, else closed."""
     if (conn.closed or not conn.keep_alive or bal.draining
-            or len(rt.pool) >= bal.config.pool_size or rt not in bal.runtimes.values()
-            or not rt.server.up):
+            or len(rt.pool) >= bal.config.pool_size or not rt.server.up
+            or bal.runtimes.get(rt.name) is not rt):
         conn.close()
     else:
         rt.pool.append(conn)
-
-
-async def serve(bal: Balancer, client: ClientConn, req: Request) -> None:
-    cfg = bal.config
-    tried: list[str] = []
-    attempts = 0
-    status = 0
-    server_name = "-"
-    last_error = ""
-    while True:
-        rt = await bal.choose(client.peer, tried if cfg.redispatch else ())
-        if rt is None:
-            status = 503
-            full = any(s.usable for s in bal.scheduler.servers)
-            msg = "all servers are busy" if full else "no server is available"
-            respond_error(bal, client, req, 503, msg + last_error)
-            break
-        server_name = rt.name
-        rt.stats.requests += 1
-        ex: Exchange | None = None
-        try:
-            conn, reused = await connect(bal, rt, reuse=req.idempotent)
-            if client.closing:
-                release_conn(bal, rt, conn)
-                return
-            ex = Exchange(bal, client, req, rt, conn, reused)
-            client.exchange = ex
-            ex.start()
-            await ex.done
-            status = ex.status
-            rt.stats.responses[f"{status // 100}xx"] += 1
-            bal.frontend.responses[f"{status // 100}xx"] += 1
-            bal.observe(rt, status not in RETRYABLE_STATUS_ERRORS, f"http {status}")
-            release_conn(bal, rt, conn)
-            if not ex.client_keep_alive:
-                req.keep_alive = False
-            break
-        except AttemptFailed as err:
-            if ex is None:
-                rt.stats.connect_errors += 1
-            elif err.passive:
-                rt.stats.response_errors += 1
-            if err.passive:
-                bal.observe(rt, False, err.reason)
-            if ex is not None:
-                ex.conn.close()
-            can_retry = err.retryable and attempts < cfg.retries and not client.closing
-            bal.log.info("attempt_failed", server=rt.name, reason=err.reason,
-                         retry=can_retry, client=client.peer)
-            if can_retry:
-                attempts += 1
-                rt.stats.retries += 1
-                tried.append(rt.name)
-                last_error = f" (last error: server {rt.name}: {err.reason})"
-                continue
-            if ex is not None and ex.started:
-                client.close()  # the response is cut: the client must see it
-                status = -1
-            elif ex is not None:
-                status = err.status
-                respond_error(bal, client, req, status, f"server {rt.name}: {err.reason}")
-            else:
-                status = 503
-                respond_error(bal, client, req, status, "no server is available (last error: "
-                              f"server {rt.name}: {err.reason})")
-            break
-        finally:
-            client.exchange = None
-            bal.release(rt)
-    if cfg.access_log:
-        bal.log.info("request", client=client.peer, method=req.method.decode(errors="replace"),
-                     path=req.url.decode(errors="replace")[:200], status=status,
-                     server=server_name, retries=attempts,
-                     ms=round((time.monotonic() - req.started) * 1000, 1))
-
-
-def respond_error(bal: Balancer, client: ClientConn, req: Request, status: int,
-                  reason: str) -> None:
-    bal.frontend.generated[status] += 1
-    bal.frontend.responses[f"{status // 100}xx"] += 1
-    keep = req.keep_alive and req.body_done and not bal.draining
-    client.write(http.error_response(status, reason, keep_alive=keep))
-    if not keep:
-        req.keep_alive = False
 
 
 def factory(bal: Balancer) -> Any:

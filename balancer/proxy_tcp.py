@@ -78,6 +78,11 @@ class ServerSide(_Side):
 
 
 class ClientSide(_Side):
+    deadline = float("inf")  # no idle timeout in TCP mode (the balancer's sweeper asks)
+
+    def on_timeout(self, now: float) -> None:
+        pass
+
     def __init__(self, bal: Balancer) -> None:
         super().__init__()
         self.bal = bal

@@ -97,19 +97,21 @@ class Scheduler:
 
     def candidates(self, exclude: Iterable[str] = ()) -> list[Server]:
         """Usable primaries, else usable backups (excluded names left out)."""
-        ex = set(exclude)
-        primaries = [s for s in self.servers if s.usable and not s.backup and s.name not in ex]
-        if primaries:
-            return primaries
-        return [s for s in self.servers if s.usable and s.backup and s.name not in ex]
+        primaries: list[Server] = []
+        backups: list[Server] = []
+        for s in self.servers:
+            if s.up and s.admin is Admin.READY and (not exclude or s.name not in exclude):
+                (backups if s.backup else primaries).append(s)
+        return primaries or backups
 
     def pick(self, now: float, client: str | None = None,
              exclude: Iterable[str] = ()) -> Pick:
         cands = self.candidates(exclude)
         if not cands:
             return Pick(Verdict.NONE)
-        weighted = [s for s in cands if s.effective_weight(now) > 0] or cands
-        open_ = [s for s in weighted if not s.full]
+        if any(s.weight == 0 for s in cands):
+            cands = [s for s in cands if s.effective_weight(now) > 0] or cands
+        open_ = [s for s in cands if not s.full] if any(s.maxconn for s in cands) else cands
         if not open_:
             return Pick(Verdict.FULL)
         if self.algorithm == "source" and client is not None:
@@ -123,7 +125,7 @@ class Scheduler:
         total = 0
         best: Server | None = None
         for s in servers:
-            w = max(s.effective_weight(now), 1)
+            w = max(s.effective_weight(now), 1) if s.slowstart else max(s.weight, 1)
             s.current += w
             total += w
             if best is None or s.current > best.current:
