@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 
 from lab.errors import HalabError
@@ -30,10 +31,13 @@ PACKAGES: dict[str, str] = {
 
 
 def env() -> dict[str, str]:
-    """The environment for commands: ours, with the sbin directories on PATH."""
+    """The environment for commands: ours, with halab's own programs (the
+    directory of this interpreter: balancerctl, ...) and the sbin directories
+    on PATH."""
     e = dict(os.environ)
     path = e.get("PATH", "")
-    e["PATH"] = f"{path}:{SBIN_PATH}" if path else SBIN_PATH
+    own = os.path.dirname(sys.executable)
+    e["PATH"] = ":".join(p for p in (own, path, SBIN_PATH) if p)
     return e
 
 
