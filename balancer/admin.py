@@ -48,17 +48,9 @@ def execute(bal: Balancer, line: str) -> str:
     words = line.split()
     if not words or words == ["help"]:
         return HELP
-    if words == ["show", "servers"]:
-        return servers_table(bal.snapshot())
-    if words[:2] == ["show", "stat"]:
-        snap = bal.snapshot()
-        if words[2:] == ["json"]:
-            return json.dumps(snap, indent=2) + "\n"
-        return servers_table(snap) + json.dumps(snap["frontend"]) + "\n"
-    if words == ["show", "info"]:
-        snap = bal.snapshot()
-        info = {k: v for k, v in snap.items() if k != "servers"}
-        return json.dumps(info, indent=2) + "\n"
+    if words in (["show", "servers"], ["show", "stat"], ["show", "stat", "json"],
+                 ["show", "info"]):
+        return render(words, bal.snapshot())
     if len(words) == 5 and words[:2] == ["set", "server"]:
         _, _, name, what, value = words
         if name not in bal.runtimes:
@@ -97,7 +89,8 @@ def servers_table(snap: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def serve_runtime_socket(bal: Balancer, path: str) -> asyncio.AbstractServer:
+async def serve_runtime_socket(bal: Balancer, path: str,
+                               cluster: Cluster | None = None) -> asyncio.AbstractServer:
     if os.path.exists(path):
         os.unlink(path)  # a stale socket of a previous run
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -105,7 +98,9 @@ async def serve_runtime_socket(bal: Balancer, path: str) -> asyncio.AbstractServ
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                writer.write(execute(bal, line.decode(errors="replace")).encode())
+                text = line.decode(errors="replace")
+                answer = await cluster.execute(text) if cluster else execute(bal, text)
+                writer.write(answer.encode())
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -123,11 +118,11 @@ async def serve_runtime_socket(bal: Balancer, path: str) -> asyncio.AbstractServ
 
 
 class _Collector:
-    def __init__(self, bal: Balancer) -> None:
-        self.bal = bal
+    def __init__(self) -> None:
+        self.snap: dict[str, Any] = {}  # set before each scrape
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.bal.snapshot()
+        snap = self.snap
         fe = snap["frontend"]
         yield GaugeMetricFamily("halab_balancer_frontend_connections",
                                 "Client connections open now", value=fe["current"])
@@ -173,8 +168,98 @@ class _Collector:
             yield c
 
 
-def metrics_text(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)
+# --- several workers ----------------------------------------------------------------
+
+
+def worker_socket(path: str, worker: int) -> str:
+    """Worker 0 answers on the configured socket, the others on their own."""
+    return path if worker == 0 else f"{path}.w{worker}"
+
+
+async def ask(path: str, line: str, timeout: float = 2.0) -> str:
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(path)
+        try:
+            writer.write(line.strip().encode() + b"\n")
+            writer.write_eof()
+            return (await reader.read()).decode(errors="replace")
+        finally:
+            writer.close()
+
+
+SUMMED = ("active", "idle_pooled", "requests", "connect_errors", "response_errors", "retries",
+          "redispatches", "bytes_in", "bytes_out", "downs", "checks_failed")
+FE_SUMMED = ("connections", "current", "requests", "bad_requests", "queued", "queue_timeouts")
+
+
+def merge(snaps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One view of several workers: counters summed, states shown per worker if they differ."""
+    out: dict[str, Any] = json.loads(json.dumps(snaps[0]))  # a deep copy
+    out["workers"] = len(snaps)
+    fe = out["frontend"]
+    for other in snaps[1:]:
+        ofe = other["frontend"]
+        for k in FE_SUMMED:
+            fe[k] += ofe[k]
+        for group in ("responses", "generated"):
+            for k, v in ofe[group].items():
+                fe[group][k] = fe[group].get(k, 0) + v
+    for srv in out["servers"]:
+        peers = [s for o in snaps[1:] for s in o["servers"] if s["name"] == srv["name"]]
+        for p in peers:
+            for k in SUMMED:
+                srv[k] += p[k]
+            for k, v in p["responses"].items():
+                srv["responses"][k] = srv["responses"].get(k, 0) + v
+        states = [srv["state"]] + [p["state"] for p in peers]
+        if len(set(states)) > 1:
+            srv["state"] = "/".join(states)
+    return out
+
+
+class Cluster:
+    """Worker 0's view of all workers: shows are merged, sets are applied everywhere."""
+
+    def __init__(self, bal: Balancer, socket_path: str, workers: int) -> None:
+        self.bal = bal
+        self.peers = [worker_socket(socket_path, i) for i in range(1, workers)]
+
+    async def snapshot(self) -> dict[str, Any]:
+        snaps = [self.bal.snapshot()]
+        for path in self.peers:
+            try:
+                snaps.append(json.loads(await ask(path, "show stat json")))
+            except (OSError, TimeoutError, ValueError):
+                self.bal.log.warning("worker_unreachable", socket=path)
+        return merge(snaps)
+
+    async def execute(self, line: str) -> str:
+        words = line.split()
+        if words[:1] == ["set"]:
+            answer = execute(self.bal, line)
+            if not answer.startswith("error"):
+                for path in self.peers:
+                    try:
+                        peer = await ask(path, line)
+                    except (OSError, TimeoutError):
+                        peer = "error: unreachable\n"
+                    if peer.startswith("error"):
+                        answer += f"worker {path}: {peer}"
+            return answer
+        if words in (["show", "servers"], ["show", "stat"], ["show", "stat", "json"],
+                     ["show", "info"]):
+            return render(words, await self.snapshot())
+        return execute(self.bal, line)
+
+
+def render(words: list[str], snap: dict[str, Any]) -> str:
+    if words == ["show", "servers"]:
+        return servers_table(snap)
+    if words == ["show", "stat", "json"]:
+        return json.dumps(snap, indent=2) + "\n"
+    if words == ["show", "info"]:
+        return json.dumps({k: v for k, v in snap.items() if k != "servers"}, indent=2) + "\n"
+    return servers_table(snap) + json.dumps(snap["frontend"]) + "\n"
 
 
 # --- the stats page ----------------------------------------------------------------------
@@ -208,6 +293,7 @@ td,th{{border:1px solid #999;padding:2px 6px;text-align:right}} th{{background:#
 td:first-child{{text-align:left;font-weight:bold}}</style></head>
 <body><h2>halab balancer</h2>
 <p>mode {html.escape(snap['mode'])}, algorithm {html.escape(snap['algorithm'])},
+{snap.get('workers', 1)} worker(s),
 uptime {snap['uptime_s']:.0f} s{', <b>draining</b>' if snap['draining'] else ''}</p>
 <p>frontend {html.escape(', '.join(fe['binds']))}: {fe['current']} connections open,
 {fe['connections']} accepted, {fe['requests']} requests, {fe['bad_requests']} bad requests,
@@ -220,9 +306,11 @@ uptime {snap['uptime_s']:.0f} s{', <b>draining</b>' if snap['draining'] else ''}
 """
 
 
-async def serve_admin_http(bal: Balancer, host: str, port: int) -> asyncio.AbstractServer:
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(_Collector(bal))
+async def serve_admin_http(bal: Balancer, host: str, port: int,
+                           cluster: Cluster | None = None) -> asyncio.AbstractServer:
+    registry = CollectorRegistry(auto_describe=False)
+    collector = _Collector()
+    registry.register(collector)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -230,7 +318,8 @@ async def serve_admin_http(bal: Balancer, host: str, port: int) -> asyncio.Abstr
                 head = await reader.readuntil(b"\r\n\r\n")
             parts = head.split(b"\r\n", 1)[0].split()
             method, path = (parts[0], parts[1].split(b"?")[0]) if len(parts) >= 2 else (b"", b"")
-            status, ctype, body = route(bal, registry, method, path)
+            collector.snap = await cluster.snapshot() if cluster else bal.snapshot()
+            status, ctype, body = route(collector.snap, registry, method, path)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError):
             writer.close()
@@ -245,14 +334,14 @@ async def serve_admin_http(bal: Balancer, host: str, port: int) -> asyncio.Abstr
     return await asyncio.start_server(handle, host, port, reuse_address=True)
 
 
-def route(bal: Balancer, registry: CollectorRegistry, method: bytes,
+def route(snap: dict[str, Any], registry: CollectorRegistry, method: bytes,
           path: bytes) -> tuple[str, str, bytes]:
     if method not in (b"GET", b"HEAD"):
         return "405 Method Not Allowed", "text/plain", b"GET only\n"
     if path in (b"/", b"/stats"):
-        return "200 OK", "text/html; charset=utf-8", stats_html(bal.snapshot()).encode()
+        return "200 OK", "text/html; charset=utf-8", stats_html(snap).encode()
     if path == b"/stats.json":
-        return "200 OK", "application/json", json.dumps(bal.snapshot()).encode()
+        return "200 OK", "application/json", json.dumps(snap).encode()
     if path == b"/metrics":
-        return "200 OK", "text/plain; version=0.0.4", metrics_text(registry)
+        return "200 OK", "text/plain; version=0.0.4", generate_latest(registry)
     return "404 Not Found", "text/plain", b"not found: try /, /stats.json or /metrics\n"

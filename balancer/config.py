@@ -3,7 +3,8 @@
 Example (provision/ renders one per director from lab/topology.yaml)::
 
     [global]
-    maxconn = 20000                      # client connections at once
+    maxconn = 20000                      # client connections at once (per worker)
+    workers = 1                          # processes sharing the listeners (SO_REUSEPORT)
     admin_socket = "/run/halab/balancer.sock"
     access_log = true
 
@@ -110,6 +111,7 @@ class Config:
     servers: tuple[ServerConfig, ...]
     mode: str = "http"
     maxconn: int = 20000
+    workers: int = 1
     admin_socket: str | None = None
     admin_bind: tuple[str, int] | None = None
     access_log: bool = False
@@ -137,8 +139,12 @@ def parse(r: Reader) -> Config:
     d = Config(binds=(), servers=())
     g = r.table("global")
     maxconn = g.integer("maxconn", d.maxconn, lo=1, hi=1_000_000)
+    workers = g.integer("workers", d.workers, lo=1, hi=64)
     admin_socket = g.text("admin_socket", "") if g.has("admin_socket") else None
     access_log = g.flag("access_log", d.access_log)
+    if workers > 1 and admin_socket is None:
+        raise g.fail("workers", "more than one worker needs global.admin_socket "
+                     "(the workers share their state through it)")
     g.done()
 
     fe = r.table("frontend", required=True)
@@ -220,7 +226,7 @@ def parse(r: Reader) -> Config:
         raise ConfigError(r.path, "admin.bind", f"{admin_bind[0]}:{admin_bind[1]} is also a "
                           "frontend bind")
     return Config(
-        binds=binds, servers=tuple(servers), mode=mode, maxconn=maxconn,
+        binds=binds, servers=tuple(servers), mode=mode, maxconn=maxconn, workers=workers,
         admin_socket=admin_socket, admin_bind=admin_bind, access_log=access_log,
         max_header_size=max_header, max_url_size=max_url, algorithm=algorithm,
         retries=retries, redispatch=redispatch, error_limit=error_limit, pool_size=pool_size,

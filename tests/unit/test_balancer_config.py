@@ -92,6 +92,8 @@ ERRORS = [
      "unknown key"),
     ('[frontend]\nbind = "127.0.0.1:80"\n', "servers", "at least one"),
     (MINIMAL + '[admin]\nbind = "127.0.0.1:8080"\n', "admin.bind", "also a frontend bind"),
+    (MINIMAL + '[global]\nworkers = 2\n', "global.workers", "needs global.admin_socket"),
+    (MINIMAL + '[global]\nworkers = 0\n', "global.workers", "at least 1"),
     ("frontend = [", "", "not valid TOML"),
 ]
 

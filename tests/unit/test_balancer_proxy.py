@@ -298,3 +298,40 @@ def test_tcp_mode_pipes_and_retries(tmp_path: Path) -> None:
     finally:
         a.stop()
         b.stop()
+
+
+def test_several_workers_share_listeners_state_and_commands(tmp_path: Path) -> None:
+    a, b = Backend("a").start(), Backend("b").start()
+    sock = str(tmp_path / "lb.sock")
+    admin_port = free_port()
+    try:
+        with running(tmp_path, [a, b], socket_path=sock, admin_port=admin_port,
+                     extra="", access_log=False) as r:
+            text = r.path.read_text().replace("[global]\n", "[global]\nworkers = 2\n")
+            r.stop()
+            multi = Running(tmp_path, text, r.port).start()
+            try:
+                seen = {get(multi.port)[1] for _ in range(40)}
+                assert seen == {b"a\n", b"b\n"}
+                snap = json.loads(send(sock, "show stat json"))
+                assert snap["workers"] == 2
+                assert sum(s["requests"] for s in snap["servers"]) == 40
+                stats = json.loads(urllib.request.urlopen(
+                    f"http://127.0.0.1:{admin_port}/stats.json").read())
+                assert stats["frontend"]["requests"] == 40
+                # a command reaches every worker
+                assert send(sock, "set server a state maint").startswith("server a state maint")
+                assert {get(multi.port)[1] for _ in range(20)} == {b"b\n"}
+                # reload through the master; SIGTERM stops master and workers
+                multi.signal(signal.SIGHUP)
+                deadline = time.monotonic() + 5
+                while multi.log.read_text().count("event=reloaded") < 2:
+                    assert time.monotonic() < deadline, multi.log.read_text()
+            finally:
+                assert multi.stop() == 0
+            assert "event=stopped" in multi.log.read_text()
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", multi.port), timeout=1)
+    finally:
+        a.stop()
+        b.stop()
