@@ -189,7 +189,8 @@ async def ask(path: str, line: str, timeout: float = 2.0) -> str:
 
 SUMMED = ("active", "idle_pooled", "requests", "connect_errors", "response_errors", "retries",
           "redispatches", "bytes_in", "bytes_out", "downs", "checks_failed")
-FE_SUMMED = ("connections", "current", "requests", "bad_requests", "queued", "queue_timeouts")
+FE_SUMMED = ("connections", "current", "requests", "bad_requests", "queued", "queue_timeouts",
+             "refused")
 
 
 def merge(snaps: list[dict[str, Any]]) -> dict[str, Any]:

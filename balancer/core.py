@@ -78,6 +78,7 @@ class FrontendStats:
     bad_requests: int = 0
     queued: int = 0
     queue_timeouts: int = 0
+    refused: int = 0  # connections over the global maxconn
 
 
 class Balancer:
@@ -93,6 +94,7 @@ class Balancer:
         self.runtimes: dict[str, ServerRuntime] = {}
         self.scheduler = Scheduler([], config.algorithm)
         self.sweeper: asyncio.Task[None] | None = None
+        self._maxconn_logged = -1.0
         for sc in config.servers:
             self._add_server(sc)
 
@@ -230,6 +232,15 @@ class Balancer:
         self.log.info("server_weight", server=name, weight=weight, was=rt.server.weight)
         rt.server.weight = weight
         self.scheduler.reset_rotation()
+
+    def over_maxconn(self) -> None:
+        """A connection beyond the global maxconn is turned away; say so once a second."""
+        self.frontend.refused += 1
+        now = self.loop.time()
+        if now - self._maxconn_logged >= 1.0:
+            self._maxconn_logged = now
+            self.log.warning("maxconn_reached", maxconn=self.config.maxconn,
+                             refused=self.frontend.refused)
 
     # --- choosing, with the queue ----------------------------------------------------
 
@@ -369,6 +380,7 @@ class Balancer:
                 "bad_requests": fe.bad_requests,
                 "queued": fe.queued,
                 "queue_timeouts": fe.queue_timeouts,
+                "refused": fe.refused,
             },
             "servers": servers,
         }

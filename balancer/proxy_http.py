@@ -421,6 +421,10 @@ class ClientConn(asyncio.Protocol):
         if self.bal.draining:
             self.close()
             return
+        if fe.current > self.bal.config.maxconn:
+            self.bal.over_maxconn()
+            self.reject(503, "too many connections", quiet=True)
+            return
         self.set_deadline(self.bal.config.timeouts.client_header)
 
     def data_received(self, data: bytes) -> None:
@@ -703,12 +707,13 @@ class ClientConn(asyncio.Protocol):
         elif self.active is None and self.req is None:
             self.close()  # idle keep-alive connection
 
-    def reject(self, status: int, reason: str) -> None:
+    def reject(self, status: int, reason: str, quiet: bool = False) -> None:
         fe = self.bal.frontend
         fe.bad_requests += status < 500
         fe.generated[status] += 1
         fe.responses[CLASSES.get(status // 100, "other")] += 1
-        self.bal.log.info("bad_request", client=self.peer, status=status, reason=reason)
+        if not quiet:
+            self.bal.log.info("bad_request", client=self.peer, status=status, reason=reason)
         self.write(http.error_response(status, reason))
         self.close()
 

@@ -117,6 +117,10 @@ class ClientSide(_Side):
         if self.bal.draining:
             self.transport.close()
             return
+        if fe.current > self.bal.config.maxconn:
+            self.bal.over_maxconn()
+            self.transport.close()
+            return
         self.task = self.bal.loop.create_task(self.connect())
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -225,3 +225,29 @@ def raw(port: int, data: bytes, timeout: float = 3.0, shut: bool = True) -> byte
             while c := s.recv(65536):
                 chunks.append(c)
     return b"".join(chunks)
+
+
+class Garbage:
+    """A server that answers anything with bytes that are not HTTP."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = int(self.sock.getsockname()[1])
+        self.name = "garbage"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                conn.recv(65536)
+                conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+
+    def stop(self) -> None:
+        self.sock.close()

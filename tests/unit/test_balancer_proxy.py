@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from balancer.ctl import send
 
-from .backends import Backend, Running, config_text, free_port, raw, running
+from .backends import Backend, Garbage, Running, config_text, free_port, raw, running
 
 
 @pytest.fixture(scope="module")
@@ -335,3 +335,79 @@ def test_several_workers_share_listeners_state_and_commands(tmp_path: Path) -> N
     finally:
         a.stop()
         b.stop()
+
+
+def test_server_timeout_gives_504(tmp_path: Path) -> None:
+    a = Backend("a").start()
+    try:
+        with running(tmp_path, [a], extra="[timeouts]\nserver = 300\n") as r:
+            status, body, _ = get(r.port, "/slow?ms=1500")
+            assert status == 504 and b"server a: server timeout" in body
+            assert get(r.port)[0] == 200
+    finally:
+        a.stop()
+
+
+def test_garbage_response_gives_502(tmp_path: Path) -> None:
+    g = Garbage()
+    try:
+        with running(tmp_path, [g], extra='[health]\ncheck = "tcp"\n') as r:  # type: ignore[list-item]
+            status, body, _ = get(r.port)
+            assert status == 502 and b"invalid response" in body
+            assert r.alive()
+    finally:
+        g.stop()
+
+
+def test_server_maxconn_queues_then_times_out(tmp_path: Path) -> None:
+    a = Backend("a").start()
+    try:
+        with running(tmp_path, [a], extra="[timeouts]\nqueue = 3000\n",
+                     server_extra={"a": "maxconn = 1\n"}) as r:
+            out: list[tuple[int, bytes, dict[str, str]]] = []
+            threads = [threading.Thread(target=lambda: out.append(get(r.port, "/slow?ms=300")))
+                       for _ in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert [s for s, _, _ in out] == [200, 200, 200]  # one at a time, none lost
+        with running(tmp_path, [a], extra="[timeouts]\nqueue = 100\n",
+                     server_extra={"a": "maxconn = 1\n"}) as r:
+            hits = a.hits
+            slow = threading.Thread(target=lambda: get(r.port, "/slow?ms=800"))
+            slow.start()
+            deadline = time.monotonic() + 5
+            while a.hits == hits:  # until the slow request holds the only slot
+                assert time.monotonic() < deadline
+            status, body, _ = get(r.port)
+            slow.join()
+            assert status == 503 and b"all servers are busy" in body
+    finally:
+        a.stop()
+
+
+def test_global_maxconn_turns_connections_away(tmp_path: Path) -> None:
+    a = Backend("a").start()
+    try:
+        with running(tmp_path, [a], extra="") as r:
+            text = r.path.read_text().replace("[global]\n", "[global]\nmaxconn = 1\n")
+            r.stop()
+            one = Running(tmp_path, text, r.port).start()
+            try:
+                deadline = time.monotonic() + 5
+                while True:  # the start-up probe's connection may not be gone yet
+                    held = socket.create_connection(("127.0.0.1", one.port))
+                    held.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    if held.recv(100).startswith(b"HTTP/1.1 200"):
+                        break
+                    held.close()
+                    assert time.monotonic() < deadline
+                with held:
+                    out = raw(one.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    assert out.startswith(b"HTTP/1.1 503") and b"too many connections" in out
+                assert "event=maxconn_reached" in one.log.read_text()
+            finally:
+                one.stop()
+    finally:
+        a.stop()
