@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from balancer.ctl import send
+from lab.poll import wait_until
 
 from .backends import Backend, Garbage, Running, config_text, free_port, raw, running
 
@@ -202,9 +203,7 @@ def test_refusing_server_costs_no_failed_request(tmp_path: Path) -> None:
             assert srv["a"]["state"] == "DOWN" and srv["a"]["retries"] >= 1
             assert time.monotonic() - t0 < 5
             a.start()  # same port: it rejoins after `rise` good checks
-            deadline = time.monotonic() + 5
-            while b"a\n" not in {get(r.port)[1] for _ in range(2)}:
-                assert time.monotonic() < deadline, "a did not rejoin"
+            wait_until(lambda: b"a\n" in {get(r.port)[1] for _ in range(2)}, 5, "a rejoining")
     finally:
         a.stop()
         b.stop()
@@ -241,13 +240,10 @@ def test_reload_keeps_the_listener_and_applies_weights(tmp_path: Path) -> None:
             text = r.path.read_text().replace('name = "a"\n', 'name = "a"\nweight = 4\n')
             r.path.write_text(text)
             r.signal(signal.SIGHUP)
-            deadline = time.monotonic() + 5
-            while "event=reloaded" not in r.log.read_text():
-                assert time.monotonic() < deadline
+            wait_until(lambda: "event=reloaded" in r.log.read_text(), 5, "a reload")
             r.path.write_text("broken = [")
             r.signal(signal.SIGHUP)
-            while "event=reload_failed" not in r.log.read_text():
-                assert time.monotonic() < deadline
+            wait_until(lambda: "event=reload_failed" in r.log.read_text(), 5, "a failed reload")
             stop.set()
             t.join()
             assert not failures
@@ -266,9 +262,7 @@ def test_sigterm_finishes_requests_in_flight(tmp_path: Path) -> None:
         result: list[tuple[int, bytes, dict[str, str]]] = []
         t = threading.Thread(target=lambda: result.append(get(r.port, "/slow?ms=500")))
         t.start()
-        deadline = time.monotonic() + 5
-        while a.hits == 0:
-            assert time.monotonic() < deadline
+        wait_until(lambda: a.hits > 0, 5, "the slow request at the server")
         r.signal(signal.SIGTERM)
         t.join()
         assert result and result[0][0] == 200 and result[0][1] == b"a\n"
@@ -324,9 +318,8 @@ def test_several_workers_share_listeners_state_and_commands(tmp_path: Path) -> N
                 assert {get(multi.port)[1] for _ in range(20)} == {b"b\n"}
                 # reload through the master; SIGTERM stops master and workers
                 multi.signal(signal.SIGHUP)
-                deadline = time.monotonic() + 5
-                while multi.log.read_text().count("event=reloaded") < 2:
-                    assert time.monotonic() < deadline, multi.log.read_text()
+                wait_until(lambda: multi.log.read_text().count("event=reloaded") == 2, 5,
+                           "both workers reloaded")
             finally:
                 assert multi.stop() == 0
             assert "event=stopped" in multi.log.read_text()
@@ -377,9 +370,7 @@ def test_server_maxconn_queues_then_times_out(tmp_path: Path) -> None:
             hits = a.hits
             slow = threading.Thread(target=lambda: get(r.port, "/slow?ms=800"))
             slow.start()
-            deadline = time.monotonic() + 5
-            while a.hits == hits:  # until the slow request holds the only slot
-                assert time.monotonic() < deadline
+            wait_until(lambda: a.hits > hits, 5, "the slow request holding the only slot")
             status, body, _ = get(r.port)
             slow.join()
             assert status == 503 and b"all servers are busy" in body
