@@ -1,0 +1,368 @@
+"""The heartbeat state machine: sans-IO. Events in (with a time), actions out.
+
+No sockets, clock or subprocess here: the daemon feeds ``tick``,
+``receive``, ``track`` and admin commands with a monotonic ``now`` and carries
+out the returned actions. Tests drive it with a simulated clock and network.
+
+States (``wire.State``)::
+
+    INIT     just started: sending, listening for peers (at most initdead)
+    BACKUP   a peer holds the VIP, or will
+    MASTER   holds the VIP and the resources
+    FAULT    a tracked resource failed (or we are told to stand by): never MASTER
+    STOPPED  shut down (after handing over)
+
+Peers: a peer is *alive* while it was heard on at least one link within
+``deadtime``; each link is watched too (a silent link is logged, not fatal).
+A peer is *eligible* to be master when alive and not FAULT/STOPPED and not
+asking to stand by. Candidates are ordered by (priority, name): the larger wins.
+
+Rules, checked on every event:
+
+1. INIT -> MASTER/BACKUP once every peer was heard or initdead passed:
+   BACKUP if an eligible peer is MASTER; else MASTER if we are the best
+   eligible candidate; else BACKUP.
+2. BACKUP -> MASTER when no alive peer is MASTER (dead, FAULT, standing by,
+   leaving) and we are the best eligible candidate, or (``preempt``) when we
+   outrank the master. Taking over: add the VIP, announce it (gratuitous
+   ARP), start resources, send a heartbeat at once.
+3. MASTER -> BACKUP when an alive peer is MASTER and outranks us (a
+   ``takeover`` flag outranks everything; else (priority, name)): release at
+   once. The one that stays MASTER announces the VIP again (two masters after
+   a healed partition leave exactly one, immediately).
+4. standby (``hbctl standby``, SIGTERM): a MASTER keeps the VIP and sets the
+   STANDBY flag; it lets go only when a peer has become MASTER (so the VIP is
+   never unowned), or after ``deadtime`` with no eligible peer (then it stays).
+5. a failed tracked resource: MASTER/BACKUP -> FAULT (release, flag peers);
+   recovered -> BACKUP.
+6. auto_failback is off: a better node that comes back stays BACKUP while a
+   master is alive (unless ``preempt``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from heartbeat.wire import FLAG_LEAVING, FLAG_STANDBY, FLAG_TAKEOVER, Heartbeat, State
+
+
+@dataclass(frozen=True)
+class Timers:
+    keepalive: float = 0.05
+    deadtime: float = 0.2
+    warntime: float = 0.1
+    initdead: float = 1.0
+
+
+# --- actions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    state: State
+    priority: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class TakeVip:
+    pass
+
+
+@dataclass(frozen=True)
+class ReleaseVip:
+    pass
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Gratuitous ARP for the VIP."""
+
+
+@dataclass(frozen=True)
+class StartResources:
+    pass
+
+
+@dataclass(frozen=True)
+class StopResources:
+    pass
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Action = Send | TakeVip | ReleaseVip | Announce | StartResources | StopResources | Event
+
+
+# --- peers ---------------------------------------------------------------------------
+
+
+@dataclass
+class Peer:
+    name: str
+    state: State = State.INIT
+    priority: int = 0
+    flags: int = 0
+    generation: int = -1
+    seq: int = -1
+    last_heard: float | None = None
+    links: dict[str, float] = field(default_factory=dict)  # link -> last heard
+    links_down: set[str] = field(default_factory=set)
+    links_seen_seq: set[str] = field(default_factory=set)  # links that carried seq
+    late_warned: bool = False
+    dead_reported: bool = False
+
+    def alive(self, now: float, deadtime: float) -> bool:
+        return self.last_heard is not None and now - self.last_heard < deadtime
+
+    @property
+    def leaving(self) -> bool:
+        return bool(self.flags & (FLAG_STANDBY | FLAG_LEAVING))
+
+
+class Node:
+    def __init__(self, name: str, priority: int, peers: list[str], links: list[str],
+                 timers: Timers, now: float, preempt: bool = False) -> None:
+        self.name = name
+        self.priority = priority
+        self.timers = timers
+        self.preempt = preempt
+        self.links = list(links)
+        self.peers = {p: Peer(p) for p in peers}
+        self.state = State.INIT
+        self.started = now
+        self.since = now
+        self.flags = 0
+        self.standby_since: float | None = None
+        self.fault_reason: str | None = None
+        self.next_send = now
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def rank(self) -> tuple[int, int, str]:
+        return (1 if self.flags & FLAG_TAKEOVER else 0, self.priority, self.name)
+
+    @staticmethod
+    def peer_rank(p: Peer) -> tuple[int, int, str]:
+        return (1 if p.flags & FLAG_TAKEOVER else 0, p.priority, p.name)
+
+    def alive_peers(self, now: float) -> list[Peer]:
+        return [p for p in self.peers.values() if p.alive(now, self.timers.deadtime)]
+
+    def eligible_peers(self, now: float) -> list[Peer]:
+        return [p for p in self.alive_peers(now)
+                if p.state not in (State.FAULT, State.STOPPED) and not p.leaving]
+
+    def live_master(self, now: float) -> Peer | None:
+        masters = [p for p in self.eligible_peers(now) if p.state is State.MASTER]
+        return max(masters, key=self.peer_rank) if masters else None
+
+    def best_candidate(self, now: float) -> bool:
+        """Are we the best eligible candidate (by priority, then name)?"""
+        mine = (self.priority, self.name)
+        return all((p.priority, p.name) < mine for p in self.eligible_peers(now))
+
+    def heartbeat(self) -> Send:
+        return Send(self.state, self.priority, self.flags)
+
+    def _go(self, new: State, now: float, reason: str) -> list[Action]:
+        old = self.state
+        self.state = new
+        self.since = now
+        out: list[Action] = [Event("transition", {"from": old.name, "to": new.name,
+                                                  "reason": reason})]
+        if new is State.MASTER:
+            out += [TakeVip(), Announce(), StartResources()]
+        elif old is State.MASTER:
+            out += [StopResources(), ReleaseVip()]
+            self.flags &= ~FLAG_TAKEOVER
+        out.append(self.heartbeat())  # tell the peers at once
+        self.next_send = now + self.timers.keepalive
+        return out
+
+    # --- events -----------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        for p in self.peers.values():
+            if p.last_heard is None:
+                continue
+            silent = now - p.last_heard
+            if silent >= self.timers.deadtime:
+                if not p.dead_reported:
+                    p.dead_reported = True
+                    out.append(Event("peer_dead", {"peer": p.name,
+                                                   "silent_ms": round(silent * 1000, 1)}))
+                continue
+            if silent >= self.timers.warntime and not p.late_warned:
+                p.late_warned = True
+                out.append(Event("peer_late", {"peer": p.name,
+                                               "silent_ms": round(silent * 1000, 1)}))
+            for link, heard in p.links.items():
+                if now - heard >= self.timers.deadtime and link not in p.links_down:
+                    p.links_down.add(link)
+                    out.append(Event("link_down", {"peer": p.name, "link": link}))
+        out += self._decide(now)
+        if now >= self.next_send:
+            out.append(self.heartbeat())
+            self.next_send = now + self.timers.keepalive
+        return out
+
+    def receive(self, hb: Heartbeat, link: str, now: float) -> list[Action]:
+        p = self.peers.get(hb.node)
+        if p is None or hb.node == self.name:
+            return [Event("unknown_peer", {"node": hb.node, "link": link})]
+        out: list[Action] = []
+        if (hb.generation, hb.seq) == (p.generation, p.seq) and link not in p.links_seen_seq:
+            # the same heartbeat over another link: that link is alive
+            p.links_seen_seq.add(link)
+            self._link_heard(p, link, now, out)
+            return out
+        if (hb.generation, hb.seq) <= (p.generation, p.seq):
+            return [Event("replay", {"peer": p.name, "link": link})]
+        if p.last_heard is None or p.dead_reported:
+            out.append(Event("peer_alive", {"peer": p.name, "link": link,
+                                            "state": hb.state.name}))
+        p.dead_reported = False
+        p.generation, p.seq = hb.generation, hb.seq
+        p.links_seen_seq = {link}
+        p.state, p.priority, p.flags = hb.state, hb.priority, hb.flags
+        p.last_heard = now
+        p.late_warned = False
+        self._link_heard(p, link, now, out)
+        return out + self._decide(now)
+
+    def _link_heard(self, p: Peer, link: str, now: float, out: list[Action]) -> None:
+        if link in p.links_down:
+            p.links_down.discard(link)
+            out.append(Event("link_up", {"peer": p.name, "link": link}))
+        p.links[link] = now
+
+    def track(self, ok: bool, reason: str, now: float) -> list[Action]:
+        """A tracked resource's status (e.g. the balancer answers)."""
+        if not ok and self.state is not State.FAULT and self.state is not State.STOPPED:
+            self.fault_reason = reason
+            return self._go(State.FAULT, now, f"resource failed: {reason}") + self._decide(now)
+        if ok and self.state is State.FAULT:
+            self.fault_reason = None
+            return self._go(State.BACKUP, now, "resources recovered") + self._decide(now)
+        return []
+
+    def standby(self, now: float) -> list[Action]:
+        if self.state is not State.MASTER:
+            return [Event("standby_ignored", {"state": self.state.name})]
+        self.flags |= FLAG_STANDBY
+        self.standby_since = now
+        return [Event("standby", {}), self.heartbeat()]
+
+    def takeover(self, now: float) -> list[Action]:
+        if self.state in (State.MASTER, State.FAULT, State.STOPPED):
+            return [Event("takeover_ignored", {"state": self.state.name})]
+        self.flags |= FLAG_TAKEOVER
+        return self._go(State.MASTER, now, "takeover requested")
+
+    def shutdown(self, now: float) -> list[Action]:
+        """Leaving: hand over first if we are master (the daemon waits for it)."""
+        self.flags |= FLAG_LEAVING
+        if self.state is State.MASTER:
+            return self.standby(now)
+        return self._go(State.STOPPED, now, "shutdown")
+
+    def handed_over(self, now: float) -> bool:
+        return self.state is not State.MASTER
+
+    # --- the rules --------------------------------------------------------------------
+
+    def _decide(self, now: float) -> list[Action]:
+        st = self.state
+        if st in (State.FAULT, State.STOPPED):
+            return []
+        master = self.live_master(now)
+        if st is State.INIT:
+            heard_all = all(p.last_heard is not None for p in self.peers.values())
+            if not heard_all and now - self.started < self.timers.initdead:
+                return []
+            if master is not None:
+                return self._go(State.BACKUP, now, f"{master.name} is master")
+            if self.best_candidate(now):
+                return self._go(State.MASTER, now, "best candidate" if heard_all
+                                else "no peer heard within initdead")
+            return self._go(State.BACKUP, now, "a better candidate is present")
+        if st is State.BACKUP:
+            if master is None and self.best_candidate(now):
+                return self._go(State.MASTER, now, self._why_no_master(now))
+            if master is not None and self.preempt and (self.priority, self.name) > (
+                    master.priority, master.name):
+                self.flags |= FLAG_TAKEOVER
+                return self._go(State.MASTER, now, f"preempting {master.name}")
+            return []
+        # MASTER
+        if master is not None and self.peer_rank(master) > self.rank():
+            if self.flags & FLAG_STANDBY:
+                self.flags &= ~(FLAG_STANDBY)
+                nxt = State.STOPPED if self.flags & FLAG_LEAVING else State.BACKUP
+                return self._go(nxt, now, f"handed over to {master.name}")
+            return self._go(State.BACKUP, now, f"{master.name} outranks us as master")
+        if master is not None and not self.flags & FLAG_STANDBY:
+            # two masters, we win: say so at once, and announce the VIP again
+            return [Event("master_conflict", {"peer": master.name, "kept": self.name}),
+                    Announce(), self.heartbeat()]
+        if master is not None and self.flags & FLAG_STANDBY:
+            self.flags &= ~FLAG_STANDBY
+            nxt = State.STOPPED if self.flags & FLAG_LEAVING else State.BACKUP
+            return self._go(nxt, now, f"handed over to {master.name}")
+        if (self.flags & FLAG_STANDBY and self.standby_since is not None
+                and now - self.standby_since >= self.timers.deadtime
+                and not self.eligible_peers(now)):
+            self.flags &= ~FLAG_STANDBY
+            return [Event("standby_failed", {"reason": "no peer to take over"}),
+                    self.heartbeat()]
+        return []
+
+    def _why_no_master(self, now: float) -> str:
+        reasons = []
+        for p in self.peers.values():
+            if not p.alive(now, self.timers.deadtime):
+                reasons.append(f"{p.name} dead")
+            elif p.state is State.FAULT:
+                reasons.append(f"{p.name} in fault")
+            elif p.leaving:
+                reasons.append(f"{p.name} standing by")
+            else:
+                reasons.append(f"{p.name} is {p.state.name.lower()}")
+        return ", ".join(reasons) or "alone"
+
+    def next_wakeup(self, now: float) -> float:
+        """When ``tick`` must run next (at the latest)."""
+        t = self.next_send
+        for p in self.peers.values():
+            if p.last_heard is not None:
+                for limit in (self.timers.warntime, self.timers.deadtime):
+                    if now < p.last_heard + limit:
+                        t = min(t, p.last_heard + limit)
+        if self.state is State.INIT:
+            t = min(t, self.started + self.timers.initdead)
+        return t
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {
+            "node": self.name,
+            "state": self.state.name,
+            "priority": self.priority,
+            "in_state_s": round(now - self.since, 3),
+            "standby": bool(self.flags & FLAG_STANDBY),
+            "fault": self.fault_reason,
+            "peers": [{
+                "name": p.name, "state": p.state.name, "priority": p.priority,
+                "alive": p.alive(now, self.timers.deadtime),
+                "last_heard_ms": (round((now - p.last_heard) * 1000, 1)
+                                  if p.last_heard is not None else None),
+                "links": {link: ("down" if link in p.links_down else "up")
+                          for link in self.links},
+            } for p in self.peers.values()],
+        }
