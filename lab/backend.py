@@ -42,13 +42,14 @@ class ServiceSpec:
 
     ``argv`` is what a supervisor runs; ``unit`` is the systemd unit that
     plays the same part on a VM. The service counts as ready once it listens
-    on every TCP port in ``listens``.
+    on every TCP port in ``listens`` and ``ready_path`` (a socket, say) exists.
     """
 
     name: str
     argv: tuple[str, ...]
     listens: tuple[int, ...] = ()
     unit: str | None = None
+    ready_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,3 +160,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def service_log(self, host: str, name: str) -> Path:
         """The log file of a service."""
+
+    @abc.abstractmethod
+    def set_links(self, host: str, up: bool, networks: Sequence[str] | None = None) -> None:
+        """Cut (or restore) the host's links, all or those on ``networks``: its cables."""
+
+    @abc.abstractmethod
+    def power_off(self, host: str) -> None:
+        """Power loss: links cut first, then every process killed at once (no goodbye)."""
+
+    @abc.abstractmethod
+    def power_on(self, host: str) -> None:
+        """Boot again: links up, only the configured addresses, services started."""

@@ -60,6 +60,10 @@ class Reader:
             raise self.fail(name, "missing")
         return default
 
+    def value(self, name: str, default: Any = _MISSING) -> Any:
+        """The raw value, for shapes the typed getters do not cover."""
+        return self._get(name, default)
+
     def has(self, name: str) -> bool:
         return name in self.data
 

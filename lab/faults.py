@@ -10,6 +10,10 @@ effect, for timelines.
 * ``Blackhole(host)``: every packet in and out of the host's lab interfaces is
   dropped, established connections included (iptables in the host); heal
   removes exactly those rules
+* ``CutLinks(host, networks)``: unplug the host's cables (all, or some); heal
+  plugs them back
+* ``PowerLoss(host)``: links cut, then every process killed (on VMs: the
+  domain destroyed); heal boots it again
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ class Fault:
     at: float | None = field(default=None, init=False)  # when it took effect (epoch s)
 
     def inject(self, lab: Backend) -> float:
+        """Inject; returns (and keeps in ``at``) the time it began to take effect."""
+        t0 = time.time()
         self._inject(lab)
-        self.at = time.time()
-        return self.at
+        self.at = t0
+        return t0
 
     def heal(self, lab: Backend) -> None:
         self._heal(lab)
@@ -87,3 +93,23 @@ class Blackhole(Fault):
             while lab.run(self.host, ["iptables", "-D", chain, *self._spec(flag)],
                           check=False).ok:
                 pass
+
+
+@dataclass
+class CutLinks(Fault):
+    networks: tuple[str, ...] | None = None
+
+    def _inject(self, lab: Backend) -> None:
+        lab.set_links(self.host, False, self.networks)
+
+    def _heal(self, lab: Backend) -> None:
+        lab.set_links(self.host, True, self.networks)
+
+
+@dataclass
+class PowerLoss(Fault):
+    def _inject(self, lab: Backend) -> None:
+        lab.power_off(self.host)
+
+    def _heal(self, lab: Backend) -> None:
+        lab.power_on(self.host)

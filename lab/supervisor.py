@@ -134,7 +134,8 @@ class Supervisor:
         try:
             data = json.loads(self.specfile(name).read_text())
             return ServiceSpec(name=name, argv=tuple(data["argv"]),
-                               listens=tuple(data["listens"]), unit=data.get("unit"))
+                               listens=tuple(data["listens"]), unit=data.get("unit"),
+                               ready_path=data.get("ready_path"))
         except (OSError, ValueError, KeyError, TypeError):
             known = ", ".join(self.names()) or "none"
             raise HalabError(f"{self.host}: no service {name!r} (services: {known})") from None
@@ -165,7 +166,7 @@ class Supervisor:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         record = json.dumps({"argv": list(spec.argv), "listens": list(spec.listens),
-                             "unit": spec.unit})
+                             "unit": spec.unit, "ready_path": spec.ready_path})
         specfile = self.specfile(spec.name)
         if not specfile.exists() or specfile.read_text() != record:
             specfile.write_text(record)
@@ -212,13 +213,14 @@ class Supervisor:
                 )
             if missing:
                 missing -= listening_ports(proc.pid)
-            if not missing:
+            if not missing and (spec.ready_path is None or Path(spec.ready_path).exists()):
                 return
             if time.monotonic() > deadline:
-                ports = ", ".join(str(p) for p in sorted(missing))
+                what = (f"listen on port {', '.join(str(p) for p in sorted(missing))}"
+                        if missing else f"create {spec.ready_path}")
                 self.stop(spec.name)
                 raise HalabError(
-                    f"{self.host}: {spec.name} did not listen on port {ports} "
+                    f"{self.host}: {spec.name} did not {what} "
                     f"within {timeout:.0f} s: {_tail(log_path, offset)}"
                 )
             time.sleep(POLL)

@@ -1,4 +1,4 @@
-"""What runs on a director: halab's balancer (and, with issue 4, heartbeat).
+"""What runs on a director: halab's balancer and heartbeat daemons.
 
 The balancer config is rendered from the topology: it listens on the VIP
 (before owning it: ``ip_nonlocal_bind``) and on the director's own addresses,
@@ -13,6 +13,8 @@ from lab.topology import Host, Topology
 from provision import web
 
 BALANCER_CONFIG = "/etc/halab/balancer.toml"
+HEARTBEAT_CONFIG = "/etc/halab/heartbeat.toml"
+AUTHKEY = "/etc/halab/authkey"
 
 
 def balancer_socket(paths: HostPaths) -> str:
@@ -56,4 +58,60 @@ def balancer_service(topo: Topology, python: str) -> ServiceSpec:
         argv=(python, "-m", "balancer", "-f", BALANCER_CONFIG),
         listens=(topo.ports.http, topo.ports.admin),
         unit="halab-balancer.service",
+    )
+
+
+def heartbeat_socket(paths: HostPaths) -> str:
+    return f"{paths.run}/heartbeat.sock"
+
+
+def priority(topo: Topology, host: Host) -> int:
+    """The first director listed is the preferred master (150, then 100, 50, ...)."""
+    order = [d.name for d in topo.directors].index(host.name)
+    return max(150 - 50 * order, 1)
+
+
+def heartbeat_toml(topo: Topology, host: Host, paths: HostPaths) -> str:
+    nodes = ", ".join(f'"{d.name}"' for d in topo.directors)
+    links = []
+    for iface in host.interfaces:  # every network the directors share: redundant links
+        peers = [p.address(iface.network.name) for p in topo.peers(host)
+                 if p.interface(iface.network.name) is not None]
+        if peers:
+            links.append(f'[[links]]\nname = "{iface.network.name}"\nbind = "{iface.address}"\n'
+                         f"peers = [{', '.join(f'{chr(34)}{a}{chr(34)}' for a in peers)}]\n")
+    vip = f"{topo.vip.address}/{topo.vip.network.subnet.prefixlen}"
+    return f"""\
+# halab heartbeat on {host.name}, rendered from lab/topology.yaml.
+# Validate with: halab-heartbeat --check -f {HEARTBEAT_CONFIG}
+
+[node]
+name = "{host.name}"
+priority = {priority(topo, host)}
+
+[cluster]
+id = 1
+nodes = [{nodes}]
+key_file = "{AUTHKEY}"
+port = {topo.ports.heartbeat}
+state_file = "{paths.state}/heartbeat.state"
+control_socket = "{heartbeat_socket(paths)}"
+
+[vip]
+address = "{vip}"
+
+# the balancer on this director must answer, or it gives the VIP away
+[[track]]
+name = "balancer"
+tcp = "{host.address("private")}:{topo.ports.http}"
+
+{chr(10).join(links)}"""
+
+
+def heartbeat_service(paths: HostPaths, python: str) -> ServiceSpec:
+    return ServiceSpec(
+        name="heartbeat",
+        argv=(python, "-m", "heartbeat", "-f", HEARTBEAT_CONFIG),
+        ready_path=heartbeat_socket(paths),
+        unit="halab-heartbeat.service",
     )

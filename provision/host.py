@@ -9,11 +9,12 @@ a network namespace, a VM or a real host:
 2. apply sysctls and the firewall (iptables-restore: atomic per table)
 3. start the services that are not running, waiting until they listen
 
-Directors run halab's balancer (heartbeat follows with issue 4).
+Directors run halab's balancer and heartbeat.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class File:
 class LabKeys:
     operator: ssh.KeyPair
     host_public: Mapping[str, str]  # host name -> its host key's public line
+    cluster: str = ""  # the heartbeat key shared by the directors
 
 
 @dataclass(frozen=True)
@@ -118,9 +120,17 @@ def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
         commands.append(("mkdir", "-p", f"{paths.state}/nginx"))
         services.append(web.nginx_service(topo))
     if host.role is Role.DIRECTOR:
-        files.append(File(director.BALANCER_CONFIG, director.balancer_toml(topo, host, paths)))
-        commands.append((python, "-m", "balancer", "--check", "-f", director.BALANCER_CONFIG))
-        services.append(director.balancer_service(topo, python))
+        files += [
+            File(director.BALANCER_CONFIG, director.balancer_toml(topo, host, paths)),
+            File(director.HEARTBEAT_CONFIG, director.heartbeat_toml(topo, host, paths)),
+            File(director.AUTHKEY, keys.cluster + "\n", 0o600),
+        ]
+        commands += [
+            (python, "-m", "balancer", "--check", "-f", director.BALANCER_CONFIG),
+            (python, "-m", "heartbeat", "--check", "-f", director.HEARTBEAT_CONFIG),
+        ]
+        services += [director.balancer_service(topo, python),
+                     director.heartbeat_service(paths, python)]
     return HostPlan(host.name, tuple(files), tuple(commands), tuple(services))
 
 
@@ -153,7 +163,11 @@ def lab_keys(backend: Backend) -> LabKeys:
             backend.put_file(host.name, ssh.HOST_KEY + ".pub", pair.public)
             return pair.public
 
-    return LabKeys(operator, {h.name: host_key(h) for h in backend.hosts()})
+    cluster_file = backend.control_dir / "authkey"
+    if not cluster_file.exists():
+        _write_private(cluster_file, secrets.token_hex(32))
+    return LabKeys(operator, {h.name: host_key(h) for h in backend.hosts()},
+                   cluster_file.read_text().strip())
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -46,7 +47,7 @@ from pathlib import Path, PurePosixPath
 
 from lab.backend import Backend, HostPaths, Result, ServiceSpec, ServiceState
 from lab.errors import HalabError
-from lab.supervisor import Supervisor, alive, terminate
+from lab.supervisor import Supervisor, alive, reap, terminate
 from lab.system import env, require_programs, require_root, run_local
 from lab.topology import Host, Interface, Topology, describe
 
@@ -308,6 +309,36 @@ class NetnsBackend(Backend):
     def service_log(self, host: str, name: str) -> Path:
         return self.supervisor(host).log(name)
 
+    # faults -------------------------------------------------------------------
+
+    def set_links(self, host: str, up: bool, networks: Sequence[str] | None = None) -> None:
+        h = self.host(host)
+        lines = [f"link set {switch_port(h, i)} {'up' if up else 'down'}" for i in h.interfaces
+                 if networks is None or i.network.name in networks]
+        self._batch(switch_namespace(self.topology), lines)
+
+    def power_off(self, host: str) -> None:
+        """As machine.md says: cut the links first, then SIGKILL, children before parents."""
+        self.set_links(host, False)
+        pids = _netns_pids(self.ns(host))
+        for pid in sorted(pids, key=_depth, reverse=True):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            reap(pid)
+
+    def power_on(self, host: str) -> None:
+        h = self.host(host)
+        ns = self.ns(host)
+        # a booting host has only its configured addresses (no VIP left over)
+        for iface in h.interfaces:
+            run_local(["ip", "-n", ns, "addr", "flush", "dev", iface.name])
+        self._batch(ns, plan_host(h))
+        self.set_links(host, True)
+        sup = self.supervisor(host)
+        for name in sup.names():
+            sup.restart(name)
+
     # up and down ------------------------------------------------------------
 
     def up(self) -> None:
@@ -391,6 +422,19 @@ def _is_mountpoint(path: Path) -> bool:
     target = str(path)
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == target for line in f)
+
+
+def _depth(pid: int) -> int:
+    """How far below PID 1 a process is (children sort after their parents)."""
+    depth = 0
+    while pid > 1 and depth < 64:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat[stat.rindex(")") + 2:].split()[1])
+        depth += 1
+    return depth
 
 
 def _netns_pids(ns: str) -> list[int]:

@@ -15,6 +15,7 @@ import pytest
 from lab import topology as topo_mod
 from lab.backend import Backend
 from lab.backends import KINDS, make_backend
+from lab.poll import wait_until
 from provision import provision
 
 
@@ -45,18 +46,19 @@ def topo(lab: Backend) -> topo_mod.Topology:
     return lab.topology
 
 
-@pytest.fixture(scope="session")
-def vip_holder(lab: Backend) -> Iterator[str]:
-    """The director that holds the VIP.
-
-    Until the heartbeat daemon exists (issue 4) the suite puts the VIP on the
-    first director itself and takes it away afterwards.
-    """
+def vip_holders(lab: Backend) -> list[str]:
+    """The directors that have the VIP on an interface right now."""
     topo = lab.topology
-    holder = topo.directors[0]
-    iface = holder.interface(topo.vip.network.name)
-    assert iface is not None
-    cidr = f"{topo.vip.address}/{topo.vip.network.subnet.prefixlen}"
-    lab.run(holder.name, ["ip", "addr", "replace", cidr, "dev", iface.name])
-    yield holder.name
-    lab.run(holder.name, ["ip", "addr", "del", cidr, "dev", iface.name], check=False)
+    vip = str(topo.vip.address)
+    return [d.name for d in topo.directors
+            if vip in lab.run(d.name, ["ip", "-4", "-o", "addr", "show"], check=False).text]
+
+
+@pytest.fixture
+def vip_holder(lab: Backend) -> str:
+    """The director that holds the VIP (heartbeat has elected exactly one)."""
+    def one() -> list[str] | None:
+        holders = vip_holders(lab)
+        return holders if len(holders) == 1 else None
+
+    return wait_until(one, 10, "exactly one director holding the VIP")[0]

@@ -86,8 +86,8 @@ def test_down_leaves_nothing_behind(other_topology: Path) -> None:
     status = json.loads(halab("status", "--json", topology=other_topology).stdout)
     pids = [s["pid"] for h in status["hosts"] for s in h["services"]]
     topo = topo_mod.load(other_topology)
-    # sshd everywhere, nginx on web nodes, the balancer on directors
-    assert len(pids) == len(topo.hosts) + len(topo.webs) + len(topo.directors)
+    # sshd everywhere, nginx on web nodes, the balancer and heartbeat on directors
+    assert len(pids) == len(topo.hosts) + len(topo.webs) + 2 * len(topo.directors)
     inodes = {os.stat(f"/run/netns/{topo.namespace(h)}").st_ino for h in topo.hosts}
     assert all(alive(p) for p in pids)
 

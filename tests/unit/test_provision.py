@@ -13,6 +13,7 @@ TOPO = t.load()
 KEYS = ph.LabKeys(
     operator=ssh.KeyPair("PRIVATE\n", "ssh-ed25519 OPERATOR halab-operator\n"),
     host_public={h: f"ssh-ed25519 KEY{h} root@{h}\n" for h in TOPO.hosts},
+    cluster="0123456789abcdef0123456789abcdef",
 )
 
 
@@ -42,13 +43,30 @@ def test_web_node_runs_nginx_and_sshd() -> None:
     assert "/l/web0/nginx-access.log" in conf
 
 
-def test_director_runs_the_balancer() -> None:
+def test_director_runs_the_balancer_and_heartbeat() -> None:
     p = plan("dir0")
-    assert [s.name for s in p.services] == ["sshd", "balancer"]
+    assert [s.name for s in p.services] == ["sshd", "balancer", "heartbeat"]
+    assert p.services[2].ready_path == "/r/dir0/heartbeat.sock"
     assert p.services[1].listens == (TOPO.ports.http, TOPO.ports.admin)
     assert "/etc/nginx/nginx.conf" not in files("dir0")
     assert ("python3", "-m", "balancer", "--check", "-f", "/etc/halab/balancer.toml") in p.commands
+    assert ("python3", "-m", "heartbeat", "--check", "-f",
+            "/etc/halab/heartbeat.toml") in p.commands
+    assert files("dir0")["/etc/halab/authkey"].mode == 0o600
 
+
+def test_heartbeat_config_from_topology() -> None:
+    from heartbeat import config
+
+    c0 = config.loads(files("dir0")["/etc/halab/heartbeat.toml"].content)
+    c1 = config.loads(files("dir1")["/etc/halab/heartbeat.toml"].content)
+    assert (c0.name, c0.priority, c1.priority) == ("dir0", 150, 100)
+    assert c0.nodes == ("dir0", "dir1") and str(c0.vip) == "203.0.113.100/24"
+    assert [(lk.name, lk.bind, lk.peers) for lk in c0.links] == [
+        ("public", "203.0.113.11", ("203.0.113.12",)),
+        ("private", "198.18.0.11", ("198.18.0.12",))]
+    assert c1.tracks[0].tcp == ("198.18.0.12", 80)
+    assert c0.port == TOPO.ports.heartbeat
 
 def test_balancer_config_from_topology() -> None:
     from balancer import config

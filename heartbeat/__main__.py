@@ -1,0 +1,5 @@
+import sys
+
+from heartbeat.daemon import main
+
+sys.exit(main())

@@ -1,0 +1,227 @@
+"""The heartbeat daemon's TOML configuration (rendered per director by provision/).
+
+    [node]
+    name = "dir0"
+    priority = 150                 # 0-255; higher wins an election
+    preempt = false                # take the VIP from a lower-priority master
+                                   # (off: auto_failback off, as in the seed)
+    [cluster]
+    id = 1                         # packets of another cluster are dropped
+    nodes = ["dir0", "dir1"]
+    key_file = "/etc/halab/authkey"      # must not be readable by group/other
+    port = 694
+    state_file = "/var/lib/halab/heartbeat.state"   # the generation counter
+    control_socket = "/run/halab/heartbeat.sock"    # hbctl
+
+    [timers]                       # milliseconds
+    keepalive = 50                 # a heartbeat on every link this often
+    deadtime = 200                 # a peer silent on all links this long is dead
+    warntime = 100                 # ... this long: logged as late
+    initdead = 1000                # at start, wait this long for peers
+
+    [[links]]                      # every network the nodes share
+    name = "private"
+    bind = "198.18.0.11"
+    peers = ["198.18.0.12"]
+
+    [vip]
+    address = "203.0.113.100/24"
+    interface = ""                 # default: the interface on the VIP's network
+    garp_count = 3                 # gratuitous ARPs on takeover ...
+    garp_interval = 50             # ... this many ms apart
+    refresh = 0                    # ms between repeated announcements (0: off)
+
+    [[track]]                      # a failing one makes this node FAULT
+    name = "balancer"
+    tcp = "198.18.0.11:80"         # a TCP connect, or command = ["argv", ...]
+    interval = 200
+    timeout = 100
+    fall = 2
+    rise = 2
+
+    [resources]                    # haresources: started in order on MASTER,
+    start = [["argv", "..."]]      # stopped in reverse order when leaving it
+    stop = [["argv", "..."]]
+
+    [notify]                       # run with the new state appended (keepalived)
+    master = ["/usr/local/bin/hook"]
+    backup = []
+    fault = []
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from heartbeat.fsm import Timers
+from lab.confkit import Reader
+from lab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    bind: str
+    peers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Track:
+    name: str
+    tcp: tuple[str, int] | None
+    command: tuple[str, ...] | None
+    interval: float
+    timeout: float
+    fall: int
+    rise: int
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    priority: int
+    nodes: tuple[str, ...]
+    links: tuple[Link, ...]
+    vip: ipaddress.IPv4Interface
+    key_file: str
+    cluster: int = 1
+    preempt: bool = False
+    port: int = 694
+    state_file: str = "/var/lib/halab/heartbeat.state"
+    control_socket: str = "/run/halab/heartbeat.sock"
+    timers: Timers = field(default_factory=Timers)
+    interface: str = ""
+    garp_count: int = 3
+    garp_interval: float = 0.05
+    refresh: float = 0.0
+    tracks: tuple[Track, ...] = ()
+    start: tuple[tuple[str, ...], ...] = ()
+    stop: tuple[tuple[str, ...], ...] = ()
+    notify: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    source: str = "<config>"
+
+    @property
+    def peers(self) -> list[str]:
+        return [n for n in self.nodes if n != self.name]
+
+
+def load(path: str | Path) -> Config:
+    return parse(Reader.load(path))
+
+
+def loads(text: str, path: str = "<config>") -> Config:
+    return parse(Reader.loads(text, path))
+
+
+def _argv(r: Reader, name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, str) and v for v in value):
+        raise r.fail(name, "must be a command: a non-empty list of strings")
+    return tuple(value)
+
+
+def parse(r: Reader) -> Config:
+    n = r.table("node", required=True)
+    name = n.text("name")
+    priority = n.integer("priority", 100, lo=0, hi=255)
+    preempt = n.flag("preempt", False)
+    n.done()
+
+    c = r.table("cluster", required=True)
+    cluster = c.integer("id", 1, lo=0, hi=2**32 - 1)
+    nodes_raw = c.value("nodes", None)
+    if (not isinstance(nodes_raw, list) or len(nodes_raw) < 2
+            or not all(isinstance(x, str) and x for x in nodes_raw)
+            or len(set(nodes_raw)) != len(nodes_raw)):
+        raise c.fail("nodes", "must list two or more distinct node names")
+    if name not in nodes_raw:
+        raise c.fail("nodes", f"does not list this node ({name!r})")
+    key_file = c.text("key_file")
+    port = c.integer("port", 694, lo=1, hi=65535)
+    d = Config(name="", priority=0, nodes=(), links=(),
+               vip=ipaddress.IPv4Interface("0.0.0.0/32"), key_file="")
+    state_file = c.text("state_file", d.state_file)
+    control_socket = c.text("control_socket", d.control_socket)
+    c.done()
+
+    t = r.table("timers")
+    dt = Timers()
+    timers = Timers(
+        keepalive=t.ms("keepalive", int(dt.keepalive * 1000), lo=5),
+        deadtime=t.ms("deadtime", int(dt.deadtime * 1000), lo=10),
+        warntime=t.ms("warntime", int(dt.warntime * 1000), lo=5),
+        initdead=t.ms("initdead", int(dt.initdead * 1000), lo=0),
+    )
+    if timers.deadtime < 2 * timers.keepalive:
+        raise t.fail("deadtime", "must be at least twice keepalive (one lost heartbeat "
+                     "must not kill a peer)")
+    if not timers.keepalive <= timers.warntime <= timers.deadtime:
+        raise t.fail("warntime", "must lie between keepalive and deadtime")
+    t.done()
+
+    links = []
+    for lk in r.tables("links"):
+        lname = lk.text("name")
+        bind = lk.text("bind")
+        peers_raw = lk.value("peers", None)
+        if not isinstance(peers_raw, list) or not peers_raw:
+            raise lk.fail("peers", "must list the peers' addresses on this link")
+        for addr in (bind, *peers_raw):
+            try:
+                ipaddress.IPv4Address(addr)
+            except (ValueError, TypeError):
+                raise lk.fail("peers" if addr != bind else "bind",
+                              f"{addr!r} is not an IPv4 address") from None
+        links.append(Link(lname, bind, tuple(peers_raw)))
+        lk.done()
+    if not links:
+        raise r.fail("links", "at least one [[links]] entry is needed")
+    if len({lk.name for lk in links}) != len(links):
+        raise r.fail("links", "link names must be distinct")
+
+    v = r.table("vip", required=True)
+    addr = v.text("address")
+    try:
+        vip = ipaddress.IPv4Interface(addr)
+    except ValueError:
+        raise v.fail("address", f"{addr!r} is not an IPv4 address/prefix") from None
+    if "/" not in addr:
+        raise v.fail("address", "needs its prefix length, e.g. 203.0.113.100/24")
+    interface = v.text("interface", "x") if v.has("interface") else ""
+    garp_count = v.integer("garp_count", d.garp_count, lo=1, hi=20)
+    garp_interval = v.ms("garp_interval", int(d.garp_interval * 1000), lo=1)
+    refresh = v.ms("refresh", 0, lo=0)
+    v.done()
+
+    tracks = []
+    for tr in r.tables("track"):
+        tname = tr.text("name")
+        tcp = tr.endpoint("tcp") if tr.has("tcp") else None
+        command = _argv(tr, "command", tr.value("command", None)) if tr.has("command") else None
+        if (tcp is None) == (command is None):
+            raise tr.fail("tcp", "give exactly one of tcp or command")
+        tracks.append(Track(tname, tcp, command, tr.ms("interval", 200, lo=10),
+                            tr.ms("timeout", 100, lo=1), tr.integer("fall", 2, lo=1, hi=100),
+                            tr.integer("rise", 2, lo=1, hi=100)))
+        tr.done()
+
+    res = r.table("resources")
+    start = tuple(_argv(res, "start", x) for x in res.value("start", []))
+    stop = tuple(_argv(res, "stop", x) for x in res.value("stop", []))
+    res.done()
+    nt = r.table("notify")
+    notify = {k: _argv(nt, k, nt.value(k, None)) for k in ("master", "backup", "fault")
+              if nt.has(k)}
+    nt.done()
+    r.done()
+    if priority == 0:
+        raise ConfigError(r.path, "node.priority", "0 means 'never master': use 1-255")
+    return Config(name=name, priority=priority, nodes=tuple(nodes_raw), links=tuple(links),
+                  vip=vip, key_file=key_file, cluster=cluster, preempt=preempt, port=port,
+                  state_file=state_file, control_socket=control_socket, timers=timers,
+                  interface=interface, garp_count=garp_count, garp_interval=garp_interval,
+                  refresh=refresh, tracks=tuple(tracks), start=start, stop=stop,
+                  notify=notify, source=r.path)

@@ -1,0 +1,72 @@
+"""``hbctl``: talk to a running heartbeat daemon (like hb_standby / hb_takeover).
+
+    hbctl [-s SOCKET] status [--json]
+    hbctl standby      # hand the VIP over to a peer (it is never unowned)
+    hbctl takeover     # take the VIP now
+    hbctl events       # the latest events with timestamps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+DEFAULT_SOCKET = "/run/halab/heartbeat.sock"
+
+
+def ask(path: str, command: str, timeout: float = 5.0) -> Any:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        while data := s.recv(65536):
+            chunks.append(data)
+    return json.loads(b"".join(chunks))
+
+
+def render_status(st: dict[str, Any]) -> str:
+    lines = [f"{st['node']}: {st['state']} (priority {st['priority']}, "
+             f"{st['in_state_s']:.1f} s), VIP {st['vip']} "
+             f"{'held' if st['holds_vip'] else 'not held'} on {st['interface']}"]
+    for p in st["peers"]:
+        links = ", ".join(f"{k} {v}" for k, v in p["links"].items())
+        heard = "never" if p["last_heard_ms"] is None else f"{p['last_heard_ms']} ms ago"
+        lines.append(f"  peer {p['name']}: {p['state']} (priority {p['priority']}), "
+                     f"{'alive' if p['alive'] else 'dead'}, heard {heard}; links: {links}")
+    b = st["failover_budget_ms"]
+    lines.append(f"  failover budget {b['total']} ms (detection {b['detection']}, tick "
+                 f"{b['tick']}, VIP {b['vip_add']}, ARP {b['garp']})")
+    dropped = {k: v for k, v in st["counters"].items() if k.startswith("dropped")}
+    if dropped:
+        lines.append(f"  dropped: {dropped}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="hbctl", description=__doc__.splitlines()[0])
+    ap.add_argument("-s", "--socket", default=DEFAULT_SOCKET)
+    ap.add_argument("command", choices=["status", "standby", "takeover", "events"])
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        answer = ask(args.socket, args.command)
+    except (OSError, ValueError) as e:
+        print(f"hbctl: {args.socket}: {e}", file=sys.stderr)
+        return 2
+    if isinstance(answer, dict) and "error" in answer:
+        print(f"hbctl: {answer['error']}", file=sys.stderr)
+        return 1
+    if args.json or args.command != "status":
+        print(json.dumps(answer, indent=2))
+    else:
+        sys.stdout.write(render_status(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
