@@ -30,6 +30,8 @@
     garp_count = 3                 # gratuitous ARPs on takeover ...
     garp_interval = 50             # ... this many ms apart
     refresh = 0                    # ms between repeated announcements (0: off)
+    handover_link = "private"      # graceful handover: packets of the old master's
+    handover_window = 5000         # open connections go to it over this link, this long
 
     [[track]]                      # a failing one makes this node FAULT
     name = "balancer"
@@ -97,6 +99,8 @@ class Config:
     garp_count: int = 3
     garp_interval: float = 0.05
     refresh: float = 0.0
+    handover_link: str = "private"
+    handover_window: float = 5.0
     tracks: tuple[Track, ...] = ()
     start: tuple[tuple[str, ...], ...] = ()
     stop: tuple[tuple[str, ...], ...] = ()
@@ -106,6 +110,11 @@ class Config:
     @property
     def peers(self) -> list[str]:
         return [n for n in self.nodes if n != self.name]
+
+    def peer_address(self, peer: str, link: str) -> str:
+        """A peer's address on a link (links list peers in the order of ``nodes``)."""
+        lk = next(x for x in self.links if x.name == link)
+        return lk.peers[self.peers.index(peer)]
 
 
 def load(path: str | Path) -> Config:
@@ -194,6 +203,10 @@ def parse(r: Reader) -> Config:
     garp_count = v.integer("garp_count", d.garp_count, lo=1, hi=20)
     garp_interval = v.ms("garp_interval", int(d.garp_interval * 1000), lo=1)
     refresh = v.ms("refresh", 0, lo=0)
+    handover_link = v.text("handover_link", d.handover_link)
+    handover_window = v.ms("handover_window", int(d.handover_window * 1000), lo=0)
+    if handover_link not in {lk.name for lk in links}:
+        raise v.fail("handover_link", f"{handover_link!r} is not one of the links")
     v.done()
 
     tracks = []
@@ -223,5 +236,6 @@ def parse(r: Reader) -> Config:
                   vip=vip, key_file=key_file, cluster=cluster, preempt=preempt, port=port,
                   state_file=state_file, control_socket=control_socket, timers=timers,
                   interface=interface, garp_count=garp_count, garp_interval=garp_interval,
-                  refresh=refresh, tracks=tuple(tracks), start=start, stop=stop,
+                  refresh=refresh, handover_link=handover_link,
+                  handover_window=handover_window, tracks=tuple(tracks), start=start, stop=stop,
                   notify=notify, source=r.path)

@@ -45,6 +45,9 @@ from lab.sdnotify import notify
 
 DEFAULT_CONFIG = "/etc/halab/heartbeat.toml"
 EVENTS_KEPT = 500
+HANDOVER_MARK = "0x68"  # packets of the old master's connections
+HANDOVER_TABLE = "168"
+HANDOVER_CHAIN = "HALAB-HANDOVER"
 
 
 def read_key(path: str) -> bytes:
@@ -124,6 +127,8 @@ class Daemon:
         self.iface = ""
         self.mac = b""
         self.tasks: list[asyncio.Task[Any]] = []
+        self._drain_handle: asyncio.TimerHandle | None = None
+        self._fwd_handle: asyncio.TimerHandle | None = None
 
     # --- start ---------------------------------------------------------------------
     async def run(self) -> int:
@@ -135,7 +140,9 @@ class Daemon:
         self.mac = bytes.fromhex(
             Path(f"/sys/class/net/{self.iface}/address").read_text().strip().replace(":", ""))
         self._realtime()
-        self.release_vip(quiet=True)  # a crashed master may have left it behind
+        # a crashed master may have left the VIP or a handover behind
+        self.stop_forwarding(quiet=True)
+        self.release_vip(quiet=True)
         now = self.loop.time()
         self.node = fsm.Node(cfg.name, cfg.priority, cfg.peers, [lk.name for lk in cfg.links],
                              cfg.timers, now, preempt=cfg.preempt)
@@ -186,6 +193,13 @@ class Daemon:
             t.cancel()
         if self.holds_vip:
             self.release_vip()
+        # the connections drained from here may finish (within the window) before we go
+        if self._drain_handle is not None:
+            end = self.loop.time() + self.cfg.handover_window
+            while self.vip_connections() and self.loop.time() < end:
+                await asyncio.sleep(0.01)
+            self._cancel_drain()
+        self.stop_forwarding(quiet=True)
         self.send(fsm.Send(wire.State.STOPPED, self.cfg.priority, wire.FLAG_LEAVING))
         self.log.info("stopped", state=self.node.state.name)
 
@@ -240,11 +254,17 @@ class Daemon:
                 self.send(a)
             elif isinstance(a, fsm.TakeVip):
                 self.take_vip()
+                if a.handover_from is not None:
+                    self.forward_to(a.handover_from)
             elif isinstance(a, fsm.Announce):
                 self.announce()
                 self.announce_burst()
             elif isinstance(a, fsm.ReleaseVip):
-                self.release_vip()
+                self.stop_forwarding()
+                if a.drain:
+                    self.drain_vip()
+                else:
+                    self.release_vip()
             elif isinstance(a, fsm.StartResources):
                 for argv in self.cfg.start:
                     self.spawn("resource_start", argv)
@@ -266,12 +286,12 @@ class Daemon:
             if hook:
                 self.spawn("notify", (*hook, str(ev.fields["to"])))
 
-    def _ip(self, verb: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["ip", "addr", verb, str(self.cfg.vip), "dev", self.iface],
-                              capture_output=True, check=False)
+    def _run(self, *argv: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(argv, capture_output=True, check=False)
 
     def take_vip(self) -> None:
-        res = self._ip("replace")
+        self._cancel_drain()
+        res = self._run("ip", "addr", "replace", str(self.cfg.vip), "dev", self.iface)
         if res.returncode != 0:
             self.log.error("vip_add_failed", reason=res.stderr.decode().strip())
             return
@@ -279,10 +299,93 @@ class Daemon:
         self.log.warning("vip_added", vip=str(self.cfg.vip), interface=self.iface)
 
     def release_vip(self, quiet: bool = False) -> None:
-        res = self._ip("del")
+        self._cancel_drain()
+        res = self._run("ip", "addr", "del", str(self.cfg.vip), "dev", self.iface)
         self.holds_vip = False
         if not quiet or res.returncode == 0:
             self.log.warning("vip_removed", vip=str(self.cfg.vip), interface=self.iface)
+
+    def drain_vip(self) -> None:
+        """Graceful handover: the VIP leaves the wire but stays a local address (on lo,
+        where no ARP answers for it) until the handover window closes, so the
+        connections still open here finish; the new master forwards their packets."""
+        vip = f"{self.cfg.vip.ip}/32"
+        self._run("ip", "addr", "replace", vip, "dev", "lo")
+        self.release_vip()
+        self.log.warning("vip_draining", vip=vip, window_s=self.cfg.handover_window)
+        self._drain_handle = self.loop.call_later(self.cfg.handover_window, self._end_drain)
+
+    def _end_drain(self) -> None:
+        self._drain_handle = None
+        if self._run("ip", "addr", "del", f"{self.cfg.vip.ip}/32", "dev", "lo").returncode == 0:
+            self.log.info("vip_drained", vip=str(self.cfg.vip.ip))
+
+    def _cancel_drain(self) -> None:
+        if self._drain_handle is not None:
+            self._drain_handle.cancel()
+        self._drain_handle = None
+        self._run("ip", "addr", "del", f"{self.cfg.vip.ip}/32", "dev", "lo")
+
+    def vip_connections(self) -> int:
+        """TCP connections on this host whose local address is the VIP."""
+        hexip = self.cfg.vip.ip.packed[::-1].hex().upper()
+        try:
+            lines = Path("/proc/self/net/tcp").read_text().splitlines()[1:]
+        except OSError:
+            return 0
+        return sum(1 for ln in lines
+                   if ln.split()[1].startswith(hexip + ":") and ln.split()[3] != "0A")
+
+    def forward_to(self, peer: str) -> None:
+        """LVS-DR style: TCP packets to the VIP that belong to no connection known here
+        (mid-stream, not a SYN) are routed to ``peer`` over the handover link."""
+        addr = self.cfg.peer_address(peer, self.cfg.handover_link)
+        m, t, c, vip = HANDOVER_MARK, HANDOVER_TABLE, HANDOVER_CHAIN, f"{self.cfg.vip.ip}/32"
+        unknown = ["-p", "tcp", "!", "--syn", "-m", "conntrack", "--ctstate", "NEW,INVALID"]
+        steps = [
+            ("iptables", "-t", "mangle", "-N", c),
+            ("iptables", "-t", "mangle", "-A", c, "-m", "connmark", "--mark", m,
+             "-j", "MARK", "--set-mark", m),
+            ("iptables", "-t", "mangle", "-A", c, *unknown, "-j", "CONNMARK", "--set-mark", m),
+            ("iptables", "-t", "mangle", "-A", c, *unknown, "-j", "MARK", "--set-mark", m),
+            ("iptables", "-t", "mangle", "-I", "PREROUTING", "1", "-d", vip, "-p", "tcp",
+             "-j", c),
+            ("iptables", "-I", "FORWARD", "1", "-m", "mark", "--mark", m, "-j", "ACCEPT"),
+            ("ip", "route", "replace", "default", "via", addr, "table", t),
+            ("ip", "rule", "add", "fwmark", m, "lookup", t),
+        ]
+        for argv in steps:
+            res = self._run(*argv)
+            if res.returncode != 0:
+                self.log.error("handover_setup_failed", argv=" ".join(argv),
+                               reason=res.stderr.decode().strip())
+                self.stop_forwarding()
+                return
+        self._forwarding(True)
+        self.log.warning("handover_forwarding", peer=peer, via=addr,
+                         window_s=self.cfg.handover_window)
+        self._fwd_handle = self.loop.call_later(self.cfg.handover_window, self.stop_forwarding)
+
+    def _forwarding(self, on: bool) -> None:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/sys/net/ipv4/conf/{self.iface}/forwarding").write_text(
+                "1" if on else "0")
+
+    def stop_forwarding(self, quiet: bool = False) -> None:
+        if self._fwd_handle is not None:
+            self._fwd_handle.cancel()
+        self._fwd_handle = None
+        m, t, c, vip = HANDOVER_MARK, HANDOVER_TABLE, HANDOVER_CHAIN, f"{self.cfg.vip.ip}/32"
+        self._forwarding(False)
+        existed = self._run("iptables", "-t", "mangle", "-D", "PREROUTING", "-d", vip, "-p",
+                            "tcp", "-j", c).returncode == 0
+        for argv in (("iptables", "-t", "mangle", "-F", c), ("iptables", "-t", "mangle", "-X", c),
+                     ("iptables", "-D", "FORWARD", "-m", "mark", "--mark", m, "-j", "ACCEPT"),
+                     ("ip", "rule", "del", "fwmark", m, "lookup", t),
+                     ("ip", "route", "flush", "table", t)):
+            self._run(*argv)
+        if existed and not quiet:
+            self.log.info("handover_done")
 
     def announce(self) -> None:
         frames = garp_frames(self.mac, self.cfg.vip.ip.packed)

@@ -33,6 +33,10 @@ Rules, checked on every event:
 4. standby (``hbctl standby``, SIGTERM): a MASTER keeps the VIP and sets the
    STANDBY flag; it lets go only when a peer has become MASTER (so the VIP is
    never unowned), or after ``deadtime`` with no eligible peer (then it stays).
+   The peer takes over "from" it (TakeVip.handover_from) and the old master
+   releases with ``drain``: LVS-DR style, the new master passes packets of
+   connections it does not know to the old one, which keeps the VIP as a silent
+   local address until they are done: no open connection is reset.
 5. a failed tracked resource: MASTER/BACKUP -> FAULT (release, flag peers);
    recovered -> BACKUP.
 6. auto_failback is off: a better node that comes back stays BACKUP while a
@@ -67,12 +71,18 @@ class Send:
 
 @dataclass(frozen=True)
 class TakeVip:
-    pass
+    """Add the VIP. ``handover_from``: a peer hands over gracefully; packets of its
+    open connections that reach us are passed on to it (no reset)."""
+
+    handover_from: str | None = None
 
 
 @dataclass(frozen=True)
 class ReleaseVip:
-    pass
+    """Remove the VIP. ``drain``: keep it as a local, silent address (no ARP) for a
+    while, so connections open here finish (the new master forwards their packets)."""
+
+    drain: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,7 +123,7 @@ class Peer:
     last_heard: float | None = None
     links: dict[str, float] = field(default_factory=dict)  # link -> last heard
     links_down: set[str] = field(default_factory=set)
-    links_seen_seq: set[str] = field(default_factory=set)  # links that carried seq
+    link_seq: dict[str, tuple[int, int]] = field(default_factory=dict)  # newest per link
     late_warned: bool = False
     dead_reported: bool = False
 
@@ -170,16 +180,17 @@ class Node:
     def heartbeat(self) -> Send:
         return Send(self.state, self.priority, self.flags)
 
-    def _go(self, new: State, now: float, reason: str) -> list[Action]:
+    def _go(self, new: State, now: float, reason: str, handover_from: str | None = None,
+            drain: bool = False) -> list[Action]:
         old = self.state
         self.state = new
         self.since = now
         out: list[Action] = [Event("transition", {"from": old.name, "to": new.name,
                                                   "reason": reason})]
         if new is State.MASTER:
-            out += [TakeVip(), Announce(), StartResources()]
+            out += [TakeVip(handover_from), Announce(), StartResources()]
         elif old is State.MASTER:
-            out += [StopResources(), ReleaseVip()]
+            out += [StopResources(), ReleaseVip(drain)]
             self.flags &= ~FLAG_TAKEOVER
         out.append(self.heartbeat())  # tell the peers at once
         self.next_send = now + self.timers.keepalive
@@ -217,24 +228,24 @@ class Node:
         p = self.peers.get(hb.node)
         if p is None or hb.node == self.name:
             return [Event("unknown_peer", {"node": hb.node, "link": link})]
-        out: list[Action] = []
-        if (hb.generation, hb.seq) == (p.generation, p.seq) and link not in p.links_seen_seq:
-            # the same heartbeat over another link: that link is alive
-            p.links_seen_seq.add(link)
-            self._link_heard(p, link, now, out)
-            return out
-        if (hb.generation, hb.seq) <= (p.generation, p.seq):
+        key = (hb.generation, hb.seq)
+        # Replays are judged per link: every heartbeat travels on every link, and
+        # the links may reorder against each other, but never within one link.
+        if key <= p.link_seq.get(link, (-1, -1)):
             return [Event("replay", {"peer": p.name, "link": link})]
+        p.link_seq[link] = key
+        out: list[Action] = []
+        self._link_heard(p, link, now, out)
+        if key <= (p.generation, p.seq):
+            return out  # a copy of a heartbeat another link delivered first
         if p.last_heard is None or p.dead_reported:
             out.append(Event("peer_alive", {"peer": p.name, "link": link,
                                             "state": hb.state.name}))
         p.dead_reported = False
-        p.generation, p.seq = hb.generation, hb.seq
-        p.links_seen_seq = {link}
+        p.generation, p.seq = key
         p.state, p.priority, p.flags = hb.state, hb.priority, hb.flags
         p.last_heard = now
         p.late_warned = False
-        self._link_heard(p, link, now, out)
         return out + self._decide(now)
 
     def _link_heard(self, p: Peer, link: str, now: float, out: list[Action]) -> None:
@@ -295,7 +306,10 @@ class Node:
             return self._go(State.BACKUP, now, "a better candidate is present")
         if st is State.BACKUP:
             if master is None and self.best_candidate(now):
-                return self._go(State.MASTER, now, self._why_no_master(now))
+                leaving = [p.name for p in self.alive_peers(now)
+                           if p.state is State.MASTER and p.leaving]
+                return self._go(State.MASTER, now, self._why_no_master(now),
+                                handover_from=leaving[0] if leaving else None)
             if master is not None and self.preempt and (self.priority, self.name) > (
                     master.priority, master.name):
                 self.flags |= FLAG_TAKEOVER
@@ -306,7 +320,7 @@ class Node:
             if self.flags & FLAG_STANDBY:
                 self.flags &= ~(FLAG_STANDBY)
                 nxt = State.STOPPED if self.flags & FLAG_LEAVING else State.BACKUP
-                return self._go(nxt, now, f"handed over to {master.name}")
+                return self._go(nxt, now, f"handed over to {master.name}", drain=True)
             return self._go(State.BACKUP, now, f"{master.name} outranks us as master")
         if master is not None and not self.flags & FLAG_STANDBY:
             # two masters, we win: say so at once, and announce the VIP again
@@ -315,7 +329,7 @@ class Node:
         if master is not None and self.flags & FLAG_STANDBY:
             self.flags &= ~FLAG_STANDBY
             nxt = State.STOPPED if self.flags & FLAG_LEAVING else State.BACKUP
-            return self._go(nxt, now, f"handed over to {master.name}")
+            return self._go(nxt, now, f"handed over to {master.name}", drain=True)
         if (self.flags & FLAG_STANDBY and self.standby_since is not None
                 and now - self.standby_since >= self.timers.deadtime
                 and not self.eligible_peers(now)):

@@ -170,6 +170,8 @@ class Supervisor:
         specfile = self.specfile(spec.name)
         if not specfile.exists() or specfile.read_text() != record:
             specfile.write_text(record)
+        if spec.ready_path is not None:  # left by a process that is gone: not ready
+            Path(spec.ready_path).unlink(missing_ok=True)
         log_path = self.log(spec.name)
         offset = log_path.stat().st_size if log_path.exists() else 0
         with open(log_path, "ab") as log:

@@ -231,3 +231,26 @@ def test_two_masters_never_last_while_a_link_is_up(seed: int,
         longest = max(longest, run)
     # after a partition heals, one heartbeat settles it
     assert longest <= T.keepalive + sim.delay[1] + 2 * DT
+
+
+def test_standby_hands_over_with_forwarding_and_drain() -> None:
+    sim = Sim(["dir0", "dir1"], {"dir0": 150, "dir1": 100})
+    sim.run(1.5)
+    taken: list[TakeVip] = []
+    released: list[ReleaseVip] = []
+    orig = sim.apply
+
+    def spy(name: str, actions: list[object]) -> None:
+        taken.extend(a for a in actions if isinstance(a, TakeVip))
+        released.extend(a for a in actions if isinstance(a, ReleaseVip))
+        orig(name, actions)
+
+    sim.apply = spy  # type: ignore[method-assign]
+    sim.apply("dir0", sim.nodes["dir0"].standby(sim.now))
+    sim.run(0.3)
+    assert taken == [TakeVip(handover_from="dir0")] and released == [ReleaseVip(drain=True)]
+    taken.clear()
+    released.clear()
+    sim.power_off("dir1")
+    sim.run(T.deadtime + 0.05)
+    assert taken == [TakeVip(handover_from=None)]  # a dead peer has nothing to drain
