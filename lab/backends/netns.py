@@ -320,6 +320,11 @@ class NetnsBackend(Backend):
     def power_off(self, host: str) -> None:
         """As machine.md says: cut the links first, then SIGKILL, children before parents."""
         self.set_links(host, False)
+        # what runs now is what starts again at boot (a stopped service stays stopped)
+        sup = self.supervisor(host)
+        running = [st.name for st in sup.states() if st.running]
+        sup.run_dir.mkdir(parents=True, exist_ok=True)
+        (sup.run_dir / "boot.json").write_text(json.dumps(running))
         pids = _netns_pids(self.ns(host))
         for pid in sorted(pids, key=_depth, reverse=True):
             with contextlib.suppress(ProcessLookupError):
@@ -336,8 +341,13 @@ class NetnsBackend(Backend):
         self._batch(ns, plan_host(h))
         self.set_links(host, True)
         sup = self.supervisor(host)
+        try:
+            boot = json.loads((sup.run_dir / "boot.json").read_text())
+        except (OSError, ValueError):
+            boot = sup.names()
         for name in sup.names():
-            sup.restart(name)
+            if name in boot:
+                sup.restart(name)
 
     # up and down ------------------------------------------------------------
 

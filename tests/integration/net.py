@@ -72,10 +72,11 @@ class ClientLoop:
     """Sequential HTTP requests from a lab host (probe.py http-loop), read as they happen."""
 
     def __init__(self, lab: Backend, host: str, url: str, count: int, gap_ms: float = 5.0,
-                 timeout: float = 1.0) -> None:
+                 timeout: float = 1.0, connect_timeout: float | None = None) -> None:
+        extra = ["--connect-timeout", str(connect_timeout)] if connect_timeout else []
         argv = lab.command(host, [sys.executable, str(PROBE), "http-loop", url,
                                   "--count", str(count), "--gap-ms", str(gap_ms),
-                                  "--timeout", str(timeout)])
+                                  "--timeout", str(timeout), *extra])
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env())
         self.results: list[dict[str, object]] = []

@@ -59,14 +59,19 @@ def udp(addr: str, port: int, timeout: float) -> str:
     return "open" if data == PAYLOAD else "garbage"
 
 
-def http_loop(url: str, count: int, gap: float, timeout: float) -> None:
+def http_loop(url: str, count: int, gap: float, timeout: float,
+              connect_timeout: float | None = None) -> None:
     u = urllib.parse.urlsplit(url)
     for i in range(count):
         t = time.time()
         t0 = time.monotonic()
         rec: dict[str, object] = {"i": i, "t": t}
-        conn = http.client.HTTPConnection(u.hostname or "", u.port or 80, timeout=timeout)
+        conn = http.client.HTTPConnection(u.hostname or "", u.port or 80,
+                                          timeout=connect_timeout or timeout)
         try:
+            conn.connect()
+            if conn.sock is not None:  # the rest of the request has what is left
+                conn.sock.settimeout(max(timeout - (time.monotonic() - t0), 0.001))
             conn.request("GET", u.path or "/")
             resp = conn.getresponse()
             rec["status"] = resp.status
@@ -112,12 +117,14 @@ def main() -> int:
     p.add_argument("--addr", default="0.0.0.0")
     p.add_argument("--count", type=int, default=100)
     p.add_argument("--gap-ms", type=float, default=5.0)
+    p.add_argument("--connect-timeout", type=float, default=None)
     a = p.parse_args()
     if a.kind in ("tcp", "udp"):
         addr, port = a.args[0], int(a.args[1])
         print(tcp(addr, port, a.timeout) if a.kind == "tcp" else udp(addr, port, a.timeout))
     elif a.kind == "http-loop":
-        http_loop(a.args[0], min(a.count, 100_000), a.gap_ms / 1000, a.timeout)
+        http_loop(a.args[0], min(a.count, 100_000), a.gap_ms / 1000, a.timeout,
+                  a.connect_timeout)
     else:
         serve(a.kind, int(a.args[0]), a.seconds, a.addr)
     return 0
