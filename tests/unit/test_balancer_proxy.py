@@ -396,7 +396,8 @@ def test_global_maxconn_turns_connections_away(tmp_path: Path) -> None:
                     assert time.monotonic() < deadline
                 with held:
                     out = raw(one.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                    assert out.startswith(b"HTTP/1.1 503") and b"too many connections" in out
+                    assert out.startswith(b"HTTP/1.1 503") and b"too many connections" in out, \
+                        (out[:200], one.log.read_text()[-500:])
                 assert "event=maxconn_reached" in one.log.read_text()
             finally:
                 one.stop()
