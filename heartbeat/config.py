@@ -35,7 +35,8 @@
 
     [[track]]                      # a failing one makes this node FAULT
     name = "balancer"
-    tcp = "198.18.0.11:80"         # a TCP connect, or command = ["argv", ...]
+    tcp = "198.18.0.11:80"         # a TCP connect, or ping = "ADDR" (a ping node,
+                                   # like heartbeat's ipfail), or command = [argv]
     interval = 200
     timeout = 100
     fall = 2
@@ -74,7 +75,7 @@ class Link:
 class Track:
     name: str
     tcp: tuple[str, int] | None
-    command: tuple[str, ...] | None
+    command: tuple[str, ...] | None  # a ping node is the command `ping -c 1 -W ... ADDR`
     interval: float
     timeout: float
     fall: int
@@ -214,10 +215,20 @@ def parse(r: Reader) -> Config:
         tname = tr.text("name")
         tcp = tr.endpoint("tcp") if tr.has("tcp") else None
         command = _argv(tr, "command", tr.value("command", None)) if tr.has("command") else None
-        if (tcp is None) == (command is None):
-            raise tr.fail("tcp", "give exactly one of tcp or command")
-        tracks.append(Track(tname, tcp, command, tr.ms("interval", 200, lo=10),
-                            tr.ms("timeout", 100, lo=1), tr.integer("fall", 2, lo=1, hi=100),
+        timeout = tr.ms("timeout", 100, lo=1)
+        if tr.has("ping"):
+            addr = tr.text("ping")
+            try:
+                ipaddress.IPv4Address(addr)
+            except ValueError:
+                raise tr.fail("ping", f"{addr!r} is not an IPv4 address") from None
+            command = ("ping", "-n", "-q", "-c", "1", "-W", str(max(1, round(timeout))), addr)
+            timeout = max(timeout, 1.0) + 0.5  # ping's -W counts whole seconds
+        if sum(x is not None for x in (tcp, command)) != 1 or (tr.has("ping") and
+                                                               tr.has("command")):
+            raise tr.fail("tcp", "give exactly one of tcp, ping or command")
+        tracks.append(Track(tname, tcp, command, tr.ms("interval", 200, lo=10), timeout,
+                            tr.integer("fall", 2, lo=1, hi=100),
                             tr.integer("rise", 2, lo=1, hi=100)))
         tr.done()
 

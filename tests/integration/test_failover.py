@@ -258,3 +258,41 @@ def test_forged_and_replayed_packets_are_counted_and_ignored(lab: Backend,
     assert seen == {"event_replay": 1, "dropped_bad_mac": 1, "dropped_wrong_cluster": 1,
                     "dropped_truncated": 1, "dropped_oversized": 1}
     assert state(lab, master) == "MASTER" and vip_holders(lab) == [master]
+
+
+def test_lost_ping_node_gives_the_vip_away_and_runs_hooks(lab: Backend,
+                                                          topo: Topology) -> None:
+    """heartbeat's ipfail: a master that cannot see its ping node (here: the client,
+    i.e. the internet) goes FAULT; notify hooks see it; SIGHUP applies the config."""
+    master = settle(lab, topo)
+    peer = other(topo, master)
+    client = topo.clients[0]
+    original = lab.read_file(master, HEARTBEAT_CONFIG).decode()
+    hook_file = f"{lab.paths(master).run}/hook-states"
+    extra = (f'\n[[track]]\nname = "internet"\nping = "{client.address("public")}"\n'
+             f'interval = 100\nfall = 1\nrise = 1\n'
+             f'\n[notify]\nfault = ["sh", "-c", "echo $1 >> {hook_file}", "hook"]\n'
+             f'backup = ["sh", "-c", "echo $1 >> {hook_file}", "hook"]\n')
+    pid = next(s.pid for s in lab.services(master) if s.name == "heartbeat")
+    cut = CutLinks(client.name)
+    try:
+        lab.put_file(master, HEARTBEAT_CONFIG, original + extra)
+        lab.run(master, ["kill", "-HUP", str(pid)])
+        wait_until(lambda: "event=reloaded" in lab.service_log(master, "heartbeat")
+                   .read_text(), 5, "the reload")
+        cut.inject(lab)
+        wait_until(lambda: vip_holders(lab) == [peer], 6, f"the VIP on {peer}")
+        assert state(lab, master) == "FAULT"
+        hooks = lab.read_file(master, hook_file).decode().split()
+        assert hooks[-1:] == ["FAULT"]
+        cut.heal(lab)
+        wait_until(lambda: state(lab, master) == "BACKUP", 6, f"{master} BACKUP again")
+        wait_until(lambda: lab.read_file(master, hook_file).decode().split()[-1:] == ["BACKUP"],
+                   3, "the backup hook")
+    finally:
+        if cut.at is not None:
+            cut.heal(lab)
+        lab.put_file(master, HEARTBEAT_CONFIG, original)
+        lab.run(master, ["kill", "-HUP", str(pid)], check=False)
+        lab.run(master, ["rm", "-f", hook_file], check=False)
+    assert vip_holders(lab) == [peer]  # no failback: auto_failback is off

@@ -116,6 +116,13 @@ tcp = "198.18.0.11:80"
 """
 
 
+def test_ping_node_is_a_ping_command() -> None:
+    c = config.loads(CFG.format(key="/k").replace('tcp = "198.18.0.11:80"',
+                                                  'ping = "203.0.113.10"'))
+    assert c.tracks[0].command == ("ping", "-n", "-q", "-c", "1", "-W", "1", "203.0.113.10")
+    assert c.tracks[0].timeout >= 1.0
+
+
 def test_config_defaults_and_budget() -> None:
     c = config.loads(CFG.format(key="/k"))
     assert (c.timers.keepalive, c.timers.deadtime) == (0.05, 0.2)
@@ -136,6 +143,9 @@ def test_config_defaults_and_budget() -> None:
     (('tcp = "198.18.0.11:80"', 'tcp = "198.18.0.11:80"\ncommand = ["true"]'),
      "track[0].tcp", "exactly one"),
     (("[vip]", '[vip]\nhandover_link = "dmz"'), "vip.handover_link", "not one of the links"),
+    (('tcp = "198.18.0.11:80"', 'ping = "gateway"'), "track[0].ping", "not an IPv4"),
+    (('tcp = "198.18.0.11:80"', 'ping = "203.0.113.1"\ncommand = ["true"]'), "track[0].tcp",
+     "exactly one"),
     (("[vip]", "[vip]\ncolour = 1"), "vip.colour", "unknown key"),
 ])
 def test_config_errors(change: tuple[str, str], key: str, reason: str) -> None:
