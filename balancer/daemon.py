@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -33,6 +32,7 @@ from typing import Any
 
 from balancer import admin, config, proxy_http, proxy_tcp
 from balancer.core import Balancer
+from lab.daemonkit import install_loop, parse_args
 from lab.errors import ConfigError
 from lab.logs import EventLog
 from lab.sdnotify import notify
@@ -197,15 +197,6 @@ SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
 RESPAWN_LIMIT = 5  # worker restarts per minute before the master gives up
 
 
-def install_loop(log: EventLog) -> None:
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        log.warning("no_uvloop", note="running on the default asyncio loop")
-
-
 class Master:
     """Forks the workers, passes signals on, restarts a worker that dies."""
 
@@ -327,11 +318,7 @@ class Master:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="halab-balancer", description="halab's load balancer")
-    ap.add_argument("-f", "--config", default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
-    ap.add_argument("--check", action="store_true", help="validate the config and exit")
-    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
-    args = ap.parse_args(argv)
+    args = parse_args("halab-balancer", "halab's load balancer", DEFAULT_CONFIG, argv)
     try:
         cfg = config.load(args.config)
     except ConfigError as e:

@@ -41,14 +41,6 @@ from tests.integration.net import ClientLoop
 REQUESTS = 450  # ~3 s of traffic per trial, bounded
 
 
-def outage(results: list[dict[str, object]], t0: float) -> float:
-    for r in results:
-        t = float(r["t"])  # type: ignore[arg-type]
-        if t >= t0 and r.get("status") == 200:
-            return t + float(r["ms"]) / 1000 - t0  # type: ignore[arg-type]
-    return float("inf")
-
-
 class Keepalived:
     """keepalived on both directors, VRRP allowed through their firewalls while it runs."""
 
@@ -134,7 +126,7 @@ def trial(lab: NetnsBackend, kind: str, stop: Callable[[str], None],
         if kind == "power":
             fault.heal(lab)
         heal(master)
-    return outage(results, t0), len(ClientLoop.failures([r for r in results
+    return ClientLoop.outage(results, t0), len(ClientLoop.failures([r for r in results
                                                          if float(r["t"]) >= t0 - 1]))  # type: ignore[arg-type]
 
 

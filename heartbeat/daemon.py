@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from heartbeat import config, fsm, wire
+from lab.daemonkit import install_loop, parse_args
 from lab.errors import ConfigError, HalabError
 from lab.logs import EventLog
 from lab.sdnotify import notify
@@ -503,11 +503,7 @@ def budget_ms(cfg: config.Config) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="halab-heartbeat", description="halab's failover daemon")
-    ap.add_argument("-f", "--config", default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
-    ap.add_argument("--check", action="store_true", help="validate the config and exit")
-    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
-    args = ap.parse_args(argv)
+    args = parse_args("halab-heartbeat", "halab's failover daemon", DEFAULT_CONFIG, argv)
     try:
         cfg = config.load(args.config)
         if args.check:
@@ -522,12 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"halab-heartbeat: {e}", file=sys.stderr)
         return 1
     log = EventLog("heartbeat", args.log_level)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    install_loop(log)
     try:
         return asyncio.run(Daemon(cfg, args.config, log).run())
     except HalabError as e:

@@ -105,3 +105,12 @@ class ClientLoop:
     @staticmethod
     def failures(results: list[dict[str, object]]) -> list[dict[str, object]]:
         return [r for r in results if r.get("status") != 200]
+
+    @staticmethod
+    def outage(results: list[dict[str, object]], t_fault: float) -> float:
+        """From the fault to the end of the first good response started after it."""
+        for r in results:
+            t = float(r["t"])  # type: ignore[arg-type]
+            if t >= t_fault and r.get("status") == 200:
+                return t + float(r["ms"]) / 1000 - t_fault  # type: ignore[arg-type]
+        return float("inf")

@@ -79,15 +79,6 @@ def log_times(lab: Backend, host: str, service: str, event: str) -> list[float]:
     return out
 
 
-def outage(results: list[dict[str, object]], t_fault: float) -> float:
-    """From the fault to the end of the first good response started after it."""
-    for r in results:
-        t = float(r["t"])  # type: ignore[arg-type]
-        if t >= t_fault and r.get("status") == 200:
-            return t + float(r["ms"]) / 1000 - t_fault  # type: ignore[arg-type]
-    raise AssertionError("no successful request after the fault")
-
-
 def settle(lab: Backend, topo: Topology) -> str:
     """Both directors up and agreed: one MASTER holding the VIP, one BACKUP."""
     def agreed() -> str | None:
@@ -127,7 +118,7 @@ def test_power_loss_of_the_master(lab: Backend, topo: Topology) -> None:
         fault.heal(lab)
     took = [t for t in log_times(lab, survivor, "heartbeat", "vip_added") if t >= t0]
     assert took and took[0] - t0 <= DETECT_BUDGET, f"VIP up after {took[0] - t0:.3f} s"
-    out = outage(results, t0)
+    out = ClientLoop.outage(results, t0)
     assert out <= DETECT_BUDGET + CLIENT_TIMEOUT, f"outage {out:.3f} s"
     assert all(r.get("status") == 200 for r in results[-20:])
     # auto_failback is off: the old master comes back as BACKUP, the VIP stays

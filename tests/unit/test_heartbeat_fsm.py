@@ -84,6 +84,17 @@ class Sim:
                     self.apply(name, node.tick(self.now))
             self.history.append((self.now, frozenset(self.vip), any(self.up.values())))
 
+    def play(self, script: list[tuple[str, float]]) -> None:
+        """Cut or heal links ("cut_private", "cut_public", "cut_all", "heal"), then run."""
+        for what, dt in script:
+            if what == "heal":
+                self.up = {link: True for link in LINKS}
+            elif what == "cut_all":
+                self.up = {link: False for link in LINKS}
+            else:
+                self.up[what.split("_")[1]] = False
+            self.run(dt)
+
     def masters(self) -> set[str]:
         return {n for n, node in self.nodes.items()
                 if self.powered[n] and node.state is State.MASTER}
@@ -194,14 +205,7 @@ def test_invariants_under_loss_duplication_and_partitions(
         seed: int, loss: float, dup: float, script: list[tuple[str, float]]) -> None:
     sim = Sim(["dir0", "dir1"], {"dir0": 150, "dir1": 100}, loss=loss, dup=dup, seed=seed)
     sim.run(1.2)
-    for what, dt in script:
-        if what == "heal":
-            sim.up = {link: True for link in LINKS}
-        elif what == "cut_all":
-            sim.up = {link: False for link in LINKS}
-        else:
-            sim.up[what.split("_")[1]] = False
-        sim.run(dt)
+    sim.play(script)
     sim.up = {link: True for link in LINKS}
     sim.loss = 0.0
     sim.run(T.deadtime * 3)
@@ -217,14 +221,7 @@ def test_two_masters_never_last_while_a_link_is_up(seed: int,
                                                    script: list[tuple[str, float]]) -> None:
     sim = Sim(["dir0", "dir1"], {"dir0": 150, "dir1": 100}, seed=seed)
     sim.run(1.2)
-    for what, dt in script:
-        if what == "heal":
-            sim.up = {link: True for link in LINKS}
-        elif what == "cut_all":
-            sim.up = {link: False for link in LINKS}
-        else:
-            sim.up[what.split("_")[1]] = False
-        sim.run(dt)
+    sim.play(script)
     longest = run = 0.0
     for _, vip, link_up in sim.history:
         run = run + DT if (len(vip) > 1 and link_up) else 0.0
