@@ -22,7 +22,9 @@
     [[links]]                      # every network the nodes share
     name = "private"
     bind = "198.18.0.11"
-    peers = ["198.18.0.12"]
+    peers = ["198.18.0.12"]        # unicast to each; only these sources are heard
+    multicast = "239.255.6.94"     # optional: send to this group instead (the
+                                   # firewall must then accept the group address)
 
     [vip]
     address = "203.0.113.100/24"
@@ -69,6 +71,7 @@ class Link:
     name: str
     bind: str
     peers: tuple[str, ...]
+    multicast: str | None = None  # send to this group instead of each peer
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,14 @@ def parse(r: Reader) -> Config:
             except (ValueError, TypeError):
                 raise lk.fail("peers" if addr != bind else "bind",
                               f"{addr!r} is not an IPv4 address") from None
-        links.append(Link(lname, bind, tuple(peers_raw)))
+        group = lk.text("multicast") if lk.has("multicast") else None
+        if group is not None:
+            try:
+                if not ipaddress.IPv4Address(group).is_multicast:
+                    raise ValueError
+            except ValueError:
+                raise lk.fail("multicast", f"{group!r} is not an IPv4 multicast group") from None
+        links.append(Link(lname, bind, tuple(peers_raw), group))
         lk.done()
     if not links:
         raise r.fail("links", "at least one [[links]] entry is needed")

@@ -88,6 +88,23 @@ def find_interface(network: ipaddress.IPv4Network) -> str:
     raise HalabError(f"no interface has an address in {network} (the VIP's network)")
 
 
+def multicast_socket(link: config.Link, port: int) -> socket.socket:
+    """A socket that hears ``link.multicast`` on the link's interface and sends to it
+    from the link's address (TTL 1, no loop back to ourselves)."""
+    assert link.multicast is not None
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((link.multicast, port))
+    local = socket.inet_aton(link.bind)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                 socket.inet_aton(link.multicast) + local)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, local)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+    s.setblocking(False)
+    return s
+
+
 def garp_frames(mac: bytes, ip: bytes) -> list[bytes]:
     """A gratuitous ARP request and reply whose sender is ``ip`` (the VIP)."""
     eth = b"\xff" * 6 + mac + b"\x08\x06"
@@ -129,6 +146,8 @@ class Daemon:
         self.tasks: list[asyncio.Task[Any]] = []
         self._drain_handle: asyncio.TimerHandle | None = None
         self._fwd_handle: asyncio.TimerHandle | None = None
+        self._commands: asyncio.Task[None] | None = None  # resources and hooks, in order
+        self._next_refresh = 0.0
 
     # --- start ---------------------------------------------------------------------
     async def run(self) -> int:
@@ -148,7 +167,9 @@ class Daemon:
                              cfg.timers, now, preempt=cfg.preempt)
         for lk in cfg.links:
             _, proto = await self.loop.create_datagram_endpoint(
-                lambda lk=lk: Link(self, lk), local_addr=(lk.bind, cfg.port))  # type: ignore[misc]
+                lambda lk=lk: Link(self, lk),  # type: ignore[misc]
+                sock=multicast_socket(lk, cfg.port) if lk.multicast else None,
+                local_addr=None if lk.multicast else (lk.bind, cfg.port))
             self.links[lk.name] = proto
         control = await asyncio.start_unix_server(self.control, cfg.control_socket)
         os.chmod(cfg.control_socket, 0o600)
@@ -164,7 +185,13 @@ class Daemon:
         notify("READY=1")
         tick = min(0.005, cfg.timers.keepalive / 5)
         while not self.stopping.is_set():
-            self.perform(self.node.tick(self.loop.time()))
+            now = self.loop.time()
+            self.perform(self.node.tick(now))
+            refresh = self.cfg.refresh  # a reload may change it
+            if refresh and self.holds_vip and now >= self._next_refresh:
+                if self._next_refresh:  # not right after taking over: that burst is out
+                    self.announce()
+                self._next_refresh = now + refresh
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(tick):
                     await self.stopping.wait()
@@ -243,12 +270,18 @@ class Daemon:
         for proto in self.links.values():
             if proto.transport is None:
                 continue
-            for peer in proto.link.peers:
-                proto.transport.sendto(data, (peer, self.cfg.port))
+            for dest in ([proto.link.multicast] if proto.link.multicast else proto.link.peers):
+                proto.transport.sendto(data, (dest, self.cfg.port))
         self.counters["sent"] += 1
 
     # --- actions -------------------------------------------------------------------
     def perform(self, actions: Sequence[fsm.Action]) -> None:
+        hooks: list[Sequence[str]] = []
+        self._perform(actions, hooks)
+        # notify hooks run after the resources of the same transition started/stopped
+        self.run_in_order("notify", hooks)
+
+    def _perform(self, actions: Sequence[fsm.Action], hooks: list[Sequence[str]]) -> None:
         for a in actions:
             if isinstance(a, fsm.Send):
                 self.send(a)
@@ -266,15 +299,16 @@ class Daemon:
                 else:
                     self.release_vip()
             elif isinstance(a, fsm.StartResources):
-                for argv in self.cfg.start:
-                    self.spawn("resource_start", argv)
+                self.run_in_order("resource_start", list(self.cfg.start))
             elif isinstance(a, fsm.StopResources):
-                for argv in reversed(self.cfg.stop):
-                    self.spawn("resource_stop", argv)
+                self.run_in_order("resource_stop", list(reversed(self.cfg.stop)))
             elif isinstance(a, fsm.Event):
-                self.event(a)
+                hook = self.event(a)
+                if hook:
+                    hooks.append(hook)
 
-    def event(self, ev: fsm.Event) -> None:
+    def event(self, ev: fsm.Event) -> Sequence[str] | None:
+        """Record and log an event; returns the notify hook to run for it, if any."""
         rec = {"t": round(time.time(), 3), "event": ev.name, **ev.fields}
         self.events.append(rec)
         self.counters[f"event_{ev.name}"] += 1
@@ -284,13 +318,15 @@ class Daemon:
         if ev.name == "transition":
             hook = self.cfg.notify.get(str(ev.fields["to"]).lower())
             if hook:
-                self.spawn("notify", (*hook, str(ev.fields["to"])))
+                return (*hook, str(ev.fields["to"]))
+        return None
 
     def _run(self, *argv: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(argv, capture_output=True, check=False)
 
     def take_vip(self) -> None:
         self._cancel_drain()
+        self._next_refresh = 0.0
         res = self._run("ip", "addr", "replace", str(self.cfg.vip), "dev", self.iface)
         if res.returncode != 0:
             self.log.error("vip_add_failed", reason=res.stderr.decode().strip())
@@ -409,18 +445,29 @@ class Daemon:
         if self.holds_vip:
             self.announce()
 
-    def spawn(self, what: str, argv: Sequence[str]) -> None:
+    def run_in_order(self, what: str, commands: list[Sequence[str]]) -> None:
+        """Run commands one after the other, after any still running (haresources:
+        started left to right, stopped right to left, never interleaved)."""
+        if not commands:
+            return
+        previous = self._commands
+
         async def run() -> None:
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-                _, err = await proc.communicate()
-                level = 20 if proc.returncode == 0 else 40
-                self.log.log(level, what, argv=" ".join(argv), status=proc.returncode,
-                             stderr=err.decode(errors="replace").strip()[:200] or None)
-            except OSError as e:
-                self.log.error(what, argv=" ".join(argv), reason=str(e))
-        self.loop.create_task(run())
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            for argv in commands:
+                try:
+                    proc = await asyncio.create_subprocess_exec(
+                        *argv, stdout=asyncio.subprocess.DEVNULL,
+                        stderr=asyncio.subprocess.PIPE)
+                    _, err = await proc.communicate()
+                    level = 20 if proc.returncode == 0 else 40
+                    self.log.log(level, what, argv=" ".join(argv), status=proc.returncode,
+                                 stderr=err.decode(errors="replace").strip()[:200] or None)
+                except OSError as e:
+                    self.log.error(what, argv=" ".join(argv), reason=str(e))
+
+        self._commands = self.loop.create_task(run())
 
     # --- tracking --------------------------------------------------------------------
     async def track(self, t: config.Track) -> None:

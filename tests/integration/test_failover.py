@@ -251,6 +251,12 @@ def test_forged_and_replayed_packets_are_counted_and_ignored(lab: Backend,
     assert state(lab, master) == "MASTER" and vip_holders(lab) == [master]
 
 
+def garps(lab: Backend, director: str) -> int:
+    st = hb(lab, director)
+    assert isinstance(st, dict)
+    return int(st["counters"].get("garp_sent", 0))
+
+
 def test_lost_ping_node_gives_the_vip_away_and_runs_hooks(lab: Backend,
                                                           topo: Topology) -> None:
     """heartbeat's ipfail: a master that cannot see its ping node (here: the client,
@@ -260,26 +266,37 @@ def test_lost_ping_node_gives_the_vip_away_and_runs_hooks(lab: Backend,
     client = topo.clients[0]
     original = lab.read_file(master, HEARTBEAT_CONFIG).decode()
     hook_file = f"{lab.paths(master).run}/hook-states"
+    def note(word: str) -> str:
+        return f'["sh", "-c", "echo {word} >> {hook_file}"]'
+
     extra = (f'\n[[track]]\nname = "internet"\nping = "{client.address("public")}"\n'
              f'interval = 100\nfall = 1\nrise = 1\n'
              f'\n[notify]\nfault = ["sh", "-c", "echo $1 >> {hook_file}", "hook"]\n'
-             f'backup = ["sh", "-c", "echo $1 >> {hook_file}", "hook"]\n')
+             f'backup = ["sh", "-c", "echo $1 >> {hook_file}", "hook"]\n'
+             f'\n[resources]\nstart = [{note("start1")}, {note("start2")}]\n'
+             f'stop = [{note("stop1")}, {note("stop2")}]\n')
     pid = next(s.pid for s in lab.services(master) if s.name == "heartbeat")
     cut = CutLinks(client.name)
     try:
-        lab.put_file(master, HEARTBEAT_CONFIG, original + extra)
+        refreshed = original.replace("[vip]\n", "[vip]\nrefresh = 100\n")
+        lab.put_file(master, HEARTBEAT_CONFIG, refreshed + extra)
         lab.run(master, ["kill", "-HUP", str(pid)])
         wait_until(lambda: "event=reloaded" in lab.service_log(master, "heartbeat")
                    .read_text(), 5, "the reload")
+        # the master announces the VIP again every `refresh` (gratuitous ARP)
+        sent = garps(lab, master)
+        wait_until(lambda: garps(lab, master) >= sent + 3, 2, "periodic announcements")
         cut.inject(lab)
         wait_until(lambda: vip_holders(lab) == [peer], 6, f"the VIP on {peer}")
         assert state(lab, master) == "FAULT"
-        hooks = lab.read_file(master, hook_file).decode().split()
-        assert hooks[-1:] == ["FAULT"]
+        # resources stop right to left, then the fault hook runs
+        wait_until(lambda: lab.read_file(master, hook_file).decode().split()
+                   == ["stop2", "stop1", "FAULT"], 3, "stop order and the fault hook")
         cut.heal(lab)
         wait_until(lambda: state(lab, master) == "BACKUP", 6, f"{master} BACKUP again")
         wait_until(lambda: lab.read_file(master, hook_file).decode().split()[-1:] == ["BACKUP"],
                    3, "the backup hook")
+        assert "start1" not in lab.read_file(master, hook_file).decode()  # not master again
     finally:
         if cut.at is not None:
             cut.heal(lab)
@@ -287,3 +304,45 @@ def test_lost_ping_node_gives_the_vip_away_and_runs_hooks(lab: Backend,
         lab.run(master, ["kill", "-HUP", str(pid)], check=False)
         lab.run(master, ["rm", "-f", hook_file], check=False)
     assert vip_holders(lab) == [peer]  # no failback: auto_failback is off
+
+
+def test_multicast_link(lab: Backend, topo: Topology) -> None:
+    """The optional multicast medium: the private link as a group, heard by both."""
+    group = "239.255.6.94"
+    directors = [d.name for d in topo.directors]
+    originals = {d: lab.read_file(d, HEARTBEAT_CONFIG).decode() for d in directors}
+    rule = ["INPUT", "-d", f"{group}/32", "-p", "udp", "--dport", str(topo.ports.heartbeat),
+            "-j", "ACCEPT"]
+
+    def restart_all() -> None:  # the backup first, so the VIP is handed over once
+        master = settle(lab, topo)
+        for d in sorted(directors, key=lambda d: d == master):
+            lab.restart_service(d, "heartbeat")
+
+    try:
+        for d in directors:
+            lab.run(d, ["iptables", "-I", *rule[:1], "1", *rule[1:]])
+            lab.put_file(d, HEARTBEAT_CONFIG, originals[d].replace(
+                'name = "private"\n', f'name = "private"\nmulticast = "{group}"\n'))
+        restart_all()
+
+        def both_links_up() -> bool:
+            for d in directors:
+                st = hb(lab, d)
+                assert isinstance(st, dict)
+                if st["peers"][0]["links"] != {"public": "up", "private": "up"} or \
+                        not st["counters"].get("received_private"):
+                    return False
+            return True
+
+        wait_until(both_links_up, 5, "both links up, the private one over multicast")
+        private = topo.directors[0].interface("private")
+        assert private is not None
+        joined = lab.run(directors[0], ["ip", "maddr", "show", "dev", private.name]).text
+        assert group in joined
+    finally:
+        for d in directors:
+            lab.put_file(d, HEARTBEAT_CONFIG, originals[d])
+            lab.run(d, ["iptables", "-D", *rule], check=False)
+        restart_all()
+    settle(lab, topo)

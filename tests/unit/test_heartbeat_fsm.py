@@ -251,3 +251,19 @@ def test_standby_hands_over_with_forwarding_and_drain() -> None:
     sim.power_off("dir1")
     sim.run(T.deadtime + 0.05)
     assert taken == [TakeVip(handover_from=None)]  # a dead peer has nothing to drain
+
+
+def test_preempt_takes_the_vip_from_a_lower_priority_master() -> None:
+    sim = Sim(["dir0", "dir1"], {"dir0": 150, "dir1": 100})
+    sim.power_off("dir0")
+    sim.run(1.5)
+    assert sim.masters() == {"dir1"}
+    # dir0 comes back: without preempt it stays BACKUP (auto_failback off) ...
+    sim.powered["dir0"] = True
+    sim.nodes["dir0"] = Node("dir0", 150, ["dir1"], LINKS, T, sim.now)
+    sim.run(1.5)
+    assert sim.masters() == {"dir1"}
+    # ... with preempt it takes over, and the VIP is never on two hosts for long
+    sim.nodes["dir0"].preempt = True
+    sim.run(0.5)
+    assert sim.masters() == {"dir0"} and sim.vip == {"dir0"}
