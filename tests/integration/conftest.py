@@ -8,7 +8,9 @@ was found). Needs root.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +27,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="lab backend to test (default: $HALAB_LAB or netns)")
     group.addoption("--keep-lab", action="store_true",
                     help="leave the lab up after the session")
+    group.addoption("--artifacts", default=os.environ.get("HALAB_ARTIFACTS", "artifacts"),
+                    help="where failover timelines (JSON, text, PNG) go (default: artifacts)")
+
+
+# One row per measured behaviour, printed as the session's summary table.
+SUMMARY: list[dict[str, str]] = []
+
+
+@pytest.fixture(scope="session")
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    path = Path(request.config.getoption("--artifacts")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def record(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``record(check="failover", what="power loss", outage_ms=213, ...)``: a summary row."""
+    def add(**values: object) -> None:
+        SUMMARY.append({"test": request.node.name, **{k: str(v) for k, v in values.items()}})
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not SUMMARY:
+        return
+    tr = terminalreporter
+    tr.section("halab: what was measured")
+    for row in SUMMARY:
+        check = row.get("check", "")
+        rest = ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("test", "check"))
+        tr.write_line(f"{check:<12} {rest}")
 
 
 @pytest.fixture(scope="session")

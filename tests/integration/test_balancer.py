@@ -14,7 +14,7 @@ import datetime
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -79,10 +79,14 @@ def healthy(lab: Backend, topo: Topology, vip_holder: str) -> Iterator[str]:
         wait_state(lab, vip_holder, w.name, "UP", REJOIN_BUDGET)
 
 
-def test_round_robin_alternates_exactly(lab: Backend, topo: Topology, healthy: str) -> None:
+def test_round_robin_alternates_exactly(lab: Backend, topo: Topology, healthy: str,
+                                        record: Callable[..., None]) -> None:
     results = ClientLoop(lab, topo.clients[0].name, vip_url(topo), count=100).finish()
     assert not ClientLoop.failures(results)
     bodies = [r["body"] for r in results]
+    counts = collections.Counter(str(b).split()[0] for b in bodies)
+    record(check="round robin", requests=len(results), split=dict(sorted(counts.items())),
+           alternating=all(bodies[i] != bodies[i + 1] for i in range(len(bodies) - 1)))
     first, second = page(topo.webs[0].name), page(topo.webs[1].name)
     assert bodies in ([first, second] * 50, [second, first] * 50)
 
@@ -107,7 +111,7 @@ FAULTS = {
 
 @pytest.mark.parametrize("kind", list(FAULTS))
 def test_ejection_without_a_failed_request(lab: Backend, topo: Topology, healthy: str,
-                                           kind: str) -> None:
+                                           kind: str, record: Callable[..., None]) -> None:
     make, bound = FAULTS[kind]
     victim, other = topo.webs[0].name, topo.webs[1].name
     fault: Fault = make(victim)
@@ -122,6 +126,9 @@ def test_ejection_without_a_failed_request(lab: Backend, topo: Topology, healthy
         loop.stop()
         fault.heal(lab)
     failed = ClientLoop.failures(results)
+    record(check="ejection", what=f"web0 {kind}", down_ms=round((downs[0] - t_fault) * 1000, 1)
+           if downs else "never", bound_ms=int(bound * 1000), failed_requests=len(failed),
+           requests=len(results))
     assert not failed, f"{len(failed)} failed requests: {failed[:3]}"
     assert state == "DOWN"
     assert downs, f"{victim} was never marked DOWN"

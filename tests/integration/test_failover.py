@@ -13,6 +13,8 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,7 @@ from lab.backend import Backend
 from lab.errors import HalabError
 from lab.faults import CutLinks, PowerLoss, SignalService
 from lab.poll import wait_until
+from lab.timeline import NeighWatch, Timeline
 from lab.topology import Topology
 from provision.director import AUTHKEY, HEARTBEAT_CONFIG, heartbeat_socket, priority
 
@@ -101,10 +104,43 @@ def test_one_master_holds_the_vip(lab: Backend, topo: Topology) -> None:
     assert res.text.endswith("It works!\n")
 
 
-def test_power_loss_of_the_master(lab: Backend, topo: Topology) -> None:
+HB_EVENTS = {"peer_late", "peer_dead", "transition", "vip_added", "vip_removed", "garp",
+             "vip_draining", "handover_forwarding", "track_failed", "link_down"}
+
+
+def failover_timeline(lab: Backend, topo: Topology, title: str, t0: float,
+                      results: list[dict[str, object]], neigh: list[tuple[float, str]],
+                      artifacts: Path, record: Callable[..., None]) -> Timeline:
+    """The timeline of one failover: written to the artifacts, summed up in the report."""
+    st = hb(lab, topo.directors[0].name)
+    assert isinstance(st, dict)
+    tl = Timeline(title, t0, {k: float(v) for k, v in st["failover_budget_ms"].items()})
+    tl.add(t0, "fault", "fault")
+    for d in topo.directors:
+        tl.add_log(lab, d.name, "heartbeat", HB_EVENTS, t0 - 0.5, t0 + 1.0)
+    for t, mac in neigh:
+        if t >= t0:
+            tl.add(t, "client/arp", "vip_mac_changed", mac)
+    tl.add_requests([r for r in results if float(r["t"]) < t0 + 1.0])  # type: ignore[arg-type]
+    vip_up = [m.t for m in tl.marks if m.what == "vip_added" and m.t >= t0]
+    if vip_up:
+        tl.measured["vip_added_ms"] = tl.rel_ms(vip_up[0])
+    seen = [t for t, _ in neigh if t >= t0]
+    if seen:
+        tl.measured["arp_seen_by_client_ms"] = tl.rel_ms(seen[0])
+    name = title.lower().replace(" ", "-")
+    tl.write(artifacts, name)
+    record(check="failover", what=title, budget_ms=tl.budget_ms.get("total"),
+           **{k: v for k, v in tl.measured.items()})
+    return tl
+
+
+def test_power_loss_of_the_master(lab: Backend, topo: Topology, artifacts: Path,
+                                  record: Callable[..., None]) -> None:
     master = settle(lab, topo)
     survivor = other(topo, master)
     fault = PowerLoss(master)
+    watch = NeighWatch(lab, topo.clients[0].name, str(topo.vip.address))
     loop = ClientLoop(lab, topo.clients[0].name, vip_url(topo), count=300,
                       timeout=CLIENT_TIMEOUT)
     try:
@@ -115,9 +151,14 @@ def test_power_loss_of_the_master(lab: Backend, topo: Topology) -> None:
         results = loop.finish()
     finally:
         loop.stop()
+        neigh = watch.stop()
         fault.heal(lab)
+    tl = failover_timeline(lab, topo, "power loss of the master", t0, results, neigh,
+                           artifacts, record)
     took = [t for t in log_times(lab, survivor, "heartbeat", "vip_added") if t >= t0]
-    assert took and took[0] - t0 <= DETECT_BUDGET, f"VIP up after {took[0] - t0:.3f} s"
+    assert took and took[0] - t0 <= DETECT_BUDGET, f"VIP up after {took[0] - t0:.3f} s\n" \
+        + tl.text()
+    assert "arp_seen_by_client_ms" in tl.measured, tl.text()
     out = ClientLoop.outage(results, t0)
     assert out <= DETECT_BUDGET + CLIENT_TIMEOUT, f"outage {out:.3f} s"
     assert all(r.get("status") == 200 for r in results[-20:])
@@ -126,20 +167,26 @@ def test_power_loss_of_the_master(lab: Backend, topo: Topology) -> None:
     assert vip_holders(lab) == [survivor]
 
 
-def test_standby_hands_over_without_a_failed_request(lab: Backend, topo: Topology) -> None:
+def test_standby_hands_over_without_a_failed_request(lab: Backend, topo: Topology,
+                                                    artifacts: Path,
+                                                    record: Callable[..., None]) -> None:
     master = settle(lab, topo)
     peer = other(topo, master)
+    watch = NeighWatch(lab, topo.clients[0].name, str(topo.vip.address))
     loop = ClientLoop(lab, topo.clients[0].name, vip_url(topo), count=200,
                       timeout=CLIENT_TIMEOUT)
     samples: list[list[str]] = []
     try:
         loop.read(20)
+        t0 = time.time()
         hb(lab, master, "standby")
         wait_until(lambda: samples.append(vip_holders(lab)) or vip_holders(lab) == [peer], 5,
                    f"the VIP on {peer} after standby")
         results = loop.finish()
     finally:
         loop.stop()
+        neigh = watch.stop()
+    failover_timeline(lab, topo, "graceful standby", t0, results, neigh, artifacts, record)
     assert all(samples), f"the VIP was unowned at a sample: {samples}"
     failed = ClientLoop.failures(results)
     assert not failed, f"{len(failed)} failed during the handover: {failed[:3]}"
