@@ -162,6 +162,10 @@ class Backend(abc.ABC):
         """The log file of a service."""
 
     @abc.abstractmethod
+    def ssh_config(self) -> str:
+        """An ssh_config reaching every lab host by its name, as root (testinfra, fabric)."""
+
+    @abc.abstractmethod
     def set_links(self, host: str, up: bool, networks: Sequence[str] | None = None) -> None:
         """Cut (or restore) the host's links, all or those on ``networks``: its cables."""
 

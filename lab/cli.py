@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("host")
         sv.add_argument("service")
     sub.add_parser("demo", help="show the lab working: status, then the curl loop through it")
+    sub.add_parser("ssh-config", help="print an ssh_config for every host "
+                   "(ssh -F <(halab ssh-config) dir0)")
     return p
 
 
@@ -141,6 +143,11 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0 if status["up"] else 3
     if args.cmd == "demo":
         return cmd_demo(backend)
+    if args.cmd == "ssh-config":
+        if not backend.is_up():
+            raise HalabError(f"lab {backend.topology.lab} is not up: run `halab up` first")
+        print(backend.ssh_config(), end="")
+        return 0
     if args.cmd in ("exec", "shell", "logs", "start", "stop", "restart"):
         backend.host(args.host)
         if not backend.is_up():

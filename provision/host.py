@@ -181,6 +181,7 @@ def provision(backend: Backend) -> None:
     require_programs(PROGRAMS)
     topo = backend.topology
     keys = lab_keys(backend)
+    (backend.control_dir / "known_hosts").write_text(ssh.known_hosts(topo, keys.host_public))
     plans = [plan_host(topo, h, backend.paths(h.name), keys, backend.python)
              for h in backend.hosts()]
     with ThreadPoolExecutor(max_workers=len(plans)) as pool:

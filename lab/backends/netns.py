@@ -309,6 +309,27 @@ class NetnsBackend(Backend):
     def service_log(self, host: str, name: str) -> Path:
         return self.supervisor(host).log(name)
 
+    # ssh from this machine (testinfra, fabric) ---------------------------------
+
+    def ssh_config(self) -> str:
+        """An ssh_config that reaches every host's real sshd through its own loopback
+        (``ip netns exec ... nc``): the root namespace needs no lab route."""
+        known = self.control_dir / "known_hosts"
+        key = self.control_dir / "operator_ed25519"
+        blocks = []
+        for host in self.topology.hosts.values():
+            proxy = " ".join(self.command(host.name, ["nc", "127.0.0.1",
+                                                      str(self.topology.ports.ssh)]))
+            blocks.append(
+                f"Host {host.name}\n    User root\n    ProxyCommand {proxy}\n"
+                f"    IdentityFile {key}\n    IdentitiesOnly yes\n"
+                f"    UserKnownHostsFile {known}\n    StrictHostKeyChecking yes\n"
+                f"    BatchMode yes\n    ConnectTimeout 5\n"
+                # one connection per host, reused: a new ssh per command is slow
+                f"    ControlMaster auto\n    ControlPath {self.control_dir}/ssh-%h\n"
+                f"    ControlPersist 30\n")
+        return "\n".join(blocks)
+
     # faults -------------------------------------------------------------------
 
     def set_links(self, host: str, up: bool, networks: Sequence[str] | None = None) -> None:
@@ -399,7 +420,10 @@ class NetnsBackend(Backend):
         for sup_dir in sorted(lab_run.glob("*/supervisor")):
             host = sup_dir.parent.name
             Supervisor(host, sup_dir, LOG_ROOT / lab / host, list).stop_all()
-        # 2. Whatever still runs inside a lab namespace is the lab's: end it by PID.
+        # 2. SSH connection masters (ssh-config) end with their sockets; then whatever
+        #    still runs inside a lab namespace is the lab's: end it by PID.
+        for sock in sorted(lab_run.glob("ssh-*")):
+            run_local(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab"], check=False)
         for ns in namespaces:
             for pid in _netns_pids(ns):
                 if alive(pid):
