@@ -378,6 +378,10 @@ class Daemon:
         addr = self.cfg.peer_address(peer, self.cfg.handover_link)
         m, t, c, vip = HANDOVER_MARK, HANDOVER_TABLE, HANDOVER_CHAIN, f"{self.cfg.vip.ip}/32"
         unknown = ["-p", "tcp", "!", "--syn", "-m", "conntrack", "--ctstate", "NEW,INVALID"]
+        # Connections this node once had to the VIP (an earlier time as master) may
+        # linger in conntrack (TIME_WAIT); a client port reused now would then not
+        # look "unknown" and would be answered with a reset instead of passed on.
+        self._run("conntrack", "-D", "-p", "tcp", "-d", str(self.cfg.vip.ip))
         steps = [
             ("iptables", "-t", "mangle", "-N", c),
             ("iptables", "-t", "mangle", "-A", c, "-m", "connmark", "--mark", m,
@@ -388,7 +392,11 @@ class Daemon:
              "-j", c),
             ("iptables", "-I", "FORWARD", "1", "-m", "mark", "--mark", m, "-j", "ACCEPT"),
             ("ip", "route", "replace", "default", "via", addr, "table", t),
-            ("ip", "rule", "add", "fwmark", m, "lookup", t),
+            # the VIP is local here now: the `local` table (rule 0) would claim the
+            # marked packets before any other rule, so it moves behind ours
+            ("ip", "rule", "add", "pref", "10", "fwmark", m, "lookup", t),
+            ("ip", "rule", "add", "pref", "20", "lookup", "local"),
+            ("ip", "rule", "del", "pref", "0", "lookup", "local"),
         ]
         for argv in steps:
             res = self._run(*argv)
@@ -415,9 +423,13 @@ class Daemon:
         self._forwarding(False)
         existed = self._run("iptables", "-t", "mangle", "-D", "PREROUTING", "-d", vip, "-p",
                             "tcp", "-j", c).returncode == 0
+        # the local table back in front (before its stand-in at pref 20 goes)
+        if not self._run("ip", "rule", "show", "pref", "0").stdout.strip():
+            self._run("ip", "rule", "add", "pref", "0", "lookup", "local")
         for argv in (("iptables", "-t", "mangle", "-F", c), ("iptables", "-t", "mangle", "-X", c),
                      ("iptables", "-D", "FORWARD", "-m", "mark", "--mark", m, "-j", "ACCEPT"),
-                     ("ip", "rule", "del", "fwmark", m, "lookup", t),
+                     ("ip", "rule", "del", "pref", "20", "lookup", "local"),
+                     ("ip", "rule", "del", "pref", "10", "fwmark", m, "lookup", t),
                      ("ip", "route", "flush", "table", t)):
             self._run(*argv)
         if existed and not quiet:

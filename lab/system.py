@@ -26,6 +26,8 @@ PACKAGES: dict[str, str] = {
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "curl": "curl",
+    "conntrack": "conntrack",
+    "nc": "netcat-openbsd",
     "sysctl": "procps",
 }
 

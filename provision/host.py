@@ -29,7 +29,8 @@ from provision import director, firewall, ssh, web
 SYSCTL_FILE = "/etc/sysctl.d/60-halab.conf"
 IPTABLES_FILE = "/etc/halab/iptables.rules"
 IP6TABLES_FILE = "/etc/halab/ip6tables.rules"
-PROGRAMS = ("nginx", "sshd", "ssh-keygen", "iptables-restore", "ip6tables-restore", "sysctl")
+PROGRAMS = ("nginx", "sshd", "ssh-keygen", "iptables-restore", "ip6tables-restore", "sysctl",
+            "conntrack")
 
 # Kernel settings per role (each network namespace has its own).
 ROLE_SYSCTLS: dict[Role, dict[str, str]] = {
@@ -42,6 +43,10 @@ ROLE_SYSCTLS: dict[Role, dict[str, str]] = {
         # with the best local address: no ARP flux across the two networks
         "net.ipv4.conf.all.arp_ignore": "1",
         "net.ipv4.conf.all.arp_announce": "2",
+        # every packet takes the routing decision: a graceful handover routes the old
+        # master's connections on by firewall mark, and early demux would hand a
+        # packet to a stale local TIME_WAIT socket (a reset) before routing sees it
+        "net.ipv4.tcp_early_demux": "0",
     },
     Role.WEB: {"net.ipv4.ip_forward": "0"},
 }
