@@ -9,7 +9,7 @@ Example (provision/ renders one per director from lab/topology.yaml)::
     access_log = true
 
     [frontend]
-    bind = ["203.0.113.100:80", "203.0.113.11:80"]
+    bind = ["192.0.2.100:80", "192.0.2.11:80"]
     mode = "http"                        # http | tcp
     max_header_size = 16384              # bytes; larger header section -> 431
     max_url_size = 8192                  # bytes; longer request target -> 414
@@ -41,11 +41,11 @@ Example (provision/ renders one per director from lab/topology.yaml)::
     timeout = 150
 
     [admin]
-    bind = "198.18.0.11:8404"            # stats page, /stats.json, /metrics
+    bind = "192.0.2.111:8404"            # stats page, /stats.json, /metrics
 
     [[servers]]
     name = "web0"
-    address = "198.18.0.21:80"
+    address = "192.0.2.121:80"
     weight = 1                           # 0-256
     maxconn = 0                          # 0: unlimited
     backup = false

@@ -21,13 +21,13 @@
 
     [[links]]                      # every network the nodes share
     name = "private"
-    bind = "198.18.0.11"
-    peers = ["198.18.0.12"]        # unicast to each; only these sources are heard
+    bind = "192.0.2.111"
+    peers = ["192.0.2.112"]        # unicast to each; only these sources are heard
     multicast = "239.255.6.94"     # optional: send to this group instead (the
                                    # firewall must then accept the group address)
 
     [vip]
-    address = "203.0.113.100/24"
+    address = "192.0.2.100/24"
     interface = ""                 # default: the interface on the VIP's network
     garp_count = 3                 # gratuitous ARPs on takeover ...
     garp_interval = 50             # ... this many ms apart
@@ -37,7 +37,7 @@
 
     [[track]]                      # a failing one makes this node FAULT
     name = "balancer"
-    tcp = "198.18.0.11:80"         # a TCP connect, or ping = "ADDR" (a ping node,
+    tcp = "192.0.2.111:80"         # a TCP connect, or ping = "ADDR" (a ping node,
                                    # like heartbeat's ipfail), or command = [argv]
     interval = 200
     timeout = 100

@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from lab.poll import wait_until
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -181,14 +183,16 @@ class Running:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "balancer", "-f", str(self.path)],
                 stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.2):
-                return self
-            time.sleep(0.02)
-        raise AssertionError(f"balancer did not listen: {self.log.read_text()}")
+        def listening() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            except OSError:
+                return False
+            return True
+
+        wait_until(listening, 10, f"the balancer listening on {self.port}")
+        return self
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
