@@ -14,7 +14,7 @@ import collections
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from balancer.config import Config, ServerConfig
 from balancer.health import Health, Transition
@@ -22,14 +22,6 @@ from balancer.scheduler import Admin, Scheduler, Server, Verdict
 from lab.logs import EventLog
 
 SWEEP_INTERVAL = 0.05  # timeout resolution, seconds
-
-
-class Pooled(Protocol):
-    def close(self) -> None: ...
-
-
-class Retryable(Protocol):
-    def redispatch(self, reason: str) -> bool: ...
 
 
 @dataclass
@@ -109,9 +101,6 @@ class Balancer:
         self.runtimes[sc.name] = rt
         self.scheduler.servers.append(srv)
         return rt
-
-    def runtime(self, name: str) -> ServerRuntime:
-        return self.runtimes[name]
 
     def start(self) -> None:
         """Start health checks and the timeout sweeper."""

@@ -89,12 +89,6 @@ class Scheduler:
         self.servers = list(servers)
         self.algorithm = algorithm
 
-    def get(self, name: str) -> Server | None:
-        for s in self.servers:
-            if s.name == name:
-                return s
-        return None
-
     def candidates(self, exclude: Iterable[str] = ()) -> list[Server]:
         """Usable primaries, else usable backups (excluded names left out)."""
         primaries: list[Server] = []

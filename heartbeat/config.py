@@ -209,7 +209,7 @@ def parse(r: Reader) -> Config:
     except ValueError:
         raise v.fail("address", f"{addr!r} is not an IPv4 address/prefix") from None
     if "/" not in addr:
-        raise v.fail("address", "needs its prefix length, e.g. 203.0.113.100/24")
+        raise v.fail("address", "needs its prefix length, e.g. 192.0.2.100/24")
     interface = v.text("interface", "x") if v.has("interface") else ""
     garp_count = v.integer("garp_count", d.garp_count, lo=1, hi=20)
     garp_interval = v.ms("garp_interval", int(d.garp_interval * 1000), lo=1)

@@ -35,6 +35,19 @@ def parse_ts(stamp: str) -> float:
     return ts.replace(tzinfo=datetime.UTC).timestamp()
 
 
+def event_times(lab: Backend, host: str, service: str, event: str,
+                **match: str) -> list[float]:
+    """Epoch times of ``event`` in a daemon's log, whose fields include ``match``."""
+    out = []
+    for line in lab.service_log(host, service).read_text(errors="replace").splitlines():
+        m = LOG_LINE.match(line)
+        if m and m.group(3) == event:
+            fields = dict(FIELD.findall(m.group(4)))
+            if all(fields.get(k) == v for k, v in match.items()):
+                out.append(parse_ts(m.group(1)))
+    return out
+
+
 @dataclass
 class Mark:
     t: float  # epoch seconds

@@ -10,9 +10,7 @@ blackholed; back after `rise` good checks when healed.
 from __future__ import annotations
 
 import collections
-import datetime
 import json
-import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -22,6 +20,7 @@ from balancer.config import HealthConfig
 from lab.backend import Backend
 from lab.faults import Blackhole, Fault, SignalService, StopService
 from lab.poll import wait_until
+from lab.timeline import event_times
 from lab.topology import Topology
 from provision.director import balancer_socket
 
@@ -55,18 +54,6 @@ def servers(lab: Backend, holder: str) -> dict[str, dict[str, object]]:
 def wait_state(lab: Backend, holder: str, server: str, state: str, timeout: float) -> None:
     wait_until(lambda: servers(lab, holder)[server]["state"] == state or None, timeout,
                f"{server} {state} on {holder}'s balancer")
-
-
-def log_events(lab: Backend, holder: str, event: str, server: str) -> list[float]:
-    """Epoch times of ``event`` for ``server`` in the balancer's log (ms resolution)."""
-    out = []
-    pattern = re.compile(rf"^(\S+) .* event={event} server={server}\b")
-    for line in lab.service_log(holder, "balancer").read_text().splitlines():
-        m = pattern.match(line)
-        if m:
-            ts = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%fZ")
-            out.append(ts.replace(tzinfo=datetime.UTC).timestamp())
-    return out
 
 
 @pytest.fixture
@@ -120,7 +107,8 @@ def test_ejection_without_a_failed_request(lab: Backend, topo: Topology, healthy
         loop.read(20)  # traffic flows before the fault
         t_fault = fault.inject(lab)
         results = loop.finish()
-        downs = [t for t in log_events(lab, healthy, "server_down", victim) if t >= t_fault]
+        downs = [t for t in event_times(lab, healthy, "balancer", "server_down", server=victim)
+                 if t >= t_fault]
         state = servers(lab, healthy)[victim]["state"]
     finally:
         loop.stop()

@@ -8,9 +8,7 @@ outage adds at most one client timeout (a request caught mid-failover).
 
 from __future__ import annotations
 
-import datetime
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +23,7 @@ from lab.backend import Backend
 from lab.errors import HalabError
 from lab.faults import CutLinks, PowerLoss, SignalService
 from lab.poll import wait_until
-from lab.timeline import NeighWatch, Timeline
+from lab.timeline import NeighWatch, Timeline, event_times
 from lab.topology import Topology
 from provision.director import AUTHKEY, HEARTBEAT_CONFIG, heartbeat_socket, priority
 
@@ -70,16 +68,6 @@ def other(topo: Topology, name: str) -> str:
 
 def vip_url(topo: Topology) -> str:
     return f"http://{topo.vip.address}:{topo.ports.http}/"
-
-
-def log_times(lab: Backend, host: str, service: str, event: str) -> list[float]:
-    out = []
-    pat = re.compile(rf"^(\S+) .* event={event}\b")
-    for line in lab.service_log(host, service).read_text().splitlines():
-        if m := pat.match(line):
-            ts = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%fZ")
-            out.append(ts.replace(tzinfo=datetime.UTC).timestamp())
-    return out
 
 
 def settle(lab: Backend, topo: Topology) -> str:
@@ -155,7 +143,7 @@ def test_power_loss_of_the_master(lab: Backend, topo: Topology, artifacts: Path,
         fault.heal(lab)
     tl = failover_timeline(lab, topo, "power loss of the master", t0, results, neigh,
                            artifacts, record)
-    took = [t for t in log_times(lab, survivor, "heartbeat", "vip_added") if t >= t0]
+    took = [t for t in event_times(lab, survivor, "heartbeat", "vip_added") if t >= t0]
     assert took and took[0] - t0 <= DETECT_BUDGET, f"VIP up after {took[0] - t0:.3f} s\n" \
         + tl.text()
     assert "arp_seen_by_client_ms" in tl.measured, tl.text()
