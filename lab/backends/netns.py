@@ -432,7 +432,9 @@ class NetnsBackend(Backend):
         self._batch(None, [f"netns del {ns}" for ns in namespaces])
         for uts in sorted((lab_run / "uts").glob("*")):
             if _is_mountpoint(uts):
-                run_local(["umount", str(uts)])
+                # -n: no utab update, which would leave /run/mount behind on a
+                # machine that had none
+                run_local(["umount", "-n", str(uts)])
         # 4. Files: per-host /etc, run and state directories; mountpoints we made.
         created = self._created()
         for ns_dir in NETNS_ETC.glob(f"{lab}-*") if NETNS_ETC.is_dir() else []:
