@@ -286,18 +286,21 @@ class Daemon:
             if isinstance(a, fsm.Send):
                 self.send(a)
             elif isinstance(a, fsm.TakeVip):
-                self.take_vip()
+                # forwarding is ready before the VIP is ours: the old master lets go
+                # of it as soon as our next heartbeat says we hold it
                 if a.handover_from is not None:
                     self.forward_to(a.handover_from)
+                self.take_vip()
             elif isinstance(a, fsm.Announce):
                 self.announce()
                 self.announce_burst()
             elif isinstance(a, fsm.ReleaseVip):
-                self.stop_forwarding()
+                # off the wire first: the new master announces it already
                 if a.drain:
                     self.drain_vip()
                 else:
                     self.release_vip()
+                self.stop_forwarding()
             elif isinstance(a, fsm.StartResources):
                 self.run_in_order("resource_start", list(self.cfg.start))
             elif isinstance(a, fsm.StopResources):
@@ -321,8 +324,8 @@ class Daemon:
                 return (*hook, str(ev.fields["to"]))
         return None
 
-    def _run(self, *argv: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(argv, capture_output=True, check=False)
+    def _run(self, *argv: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(argv, input=input, capture_output=True, check=False)
 
     def take_vip(self) -> None:
         self._cancel_drain()
@@ -346,8 +349,15 @@ class Daemon:
         where no ARP answers for it) until the handover window closes, so the
         connections still open here finish; the new master forwards their packets."""
         vip = f"{self.cfg.vip.ip}/32"
-        self._run("ip", "addr", "replace", vip, "dev", "lo")
-        self.release_vip()
+        if self._drain_handle is not None:  # an earlier window's: this one replaces it
+            self._drain_handle.cancel()
+        # one `ip` for both steps: local all along, off the wire at once
+        batch = f"addr replace {vip} dev lo\naddr del {self.cfg.vip} dev {self.iface}\n"
+        res = self._run("ip", "-force", "-batch", "-", input=batch.encode())
+        if res.returncode != 0:
+            self.log.error("vip_drain_failed", reason=res.stderr.decode().strip())
+        self.holds_vip = False
+        self.log.warning("vip_removed", vip=str(self.cfg.vip), interface=self.iface)
         self.log.warning("vip_draining", vip=vip, window_s=self.cfg.handover_window)
         self._drain_handle = self.loop.call_later(self.cfg.handover_window, self._end_drain)
 

@@ -24,8 +24,8 @@ Rules, checked on every event:
    eligible candidate; else BACKUP.
 2. BACKUP -> MASTER when no alive peer is MASTER (dead, FAULT, standing by,
    leaving) and we are the best eligible candidate, or (``preempt``) when we
-   outrank the master. Taking over: add the VIP, announce it (gratuitous
-   ARP), start resources, send a heartbeat at once.
+   outrank the master. Taking over: add the VIP, send a heartbeat at once,
+   announce the VIP (gratuitous ARP), start resources.
 3. MASTER -> BACKUP when an alive peer is MASTER and outranks us (a
    ``takeover`` flag outranks everything; else (priority, name)): release at
    once. The one that stays MASTER announces the VIP again (two masters after
@@ -188,11 +188,14 @@ class Node:
         out: list[Action] = [Event("transition", {"from": old.name, "to": new.name,
                                                   "reason": reason})]
         if new is State.MASTER:
-            out += [TakeVip(handover_from), Announce(), StartResources()]
-        elif old is State.MASTER:
-            out += [StopResources(), ReleaseVip(drain)]
-            self.flags &= ~FLAG_TAKEOVER
-        out.append(self.heartbeat())  # tell the peers at once
+            # tell the peers the moment the VIP is ours: a master standing by lets go
+            # of it when it hears, so the two hold it together only that long
+            out += [TakeVip(handover_from), self.heartbeat(), Announce(), StartResources()]
+        else:
+            if old is State.MASTER:
+                out += [StopResources(), ReleaseVip(drain)]
+                self.flags &= ~FLAG_TAKEOVER
+            out.append(self.heartbeat())  # tell the peers at once
         self.next_send = now + self.timers.keepalive
         return out
 

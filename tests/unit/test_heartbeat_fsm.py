@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from heartbeat.fsm import (
     Announce,
+    Event,
     Node,
     ReleaseVip,
     Send,
@@ -267,3 +268,27 @@ def test_preempt_takes_the_vip_from_a_lower_priority_master() -> None:
     sim.nodes["dir0"].preempt = True
     sim.run(0.5)
     assert sim.masters() == {"dir0"} and sim.vip == {"dir0"}
+
+
+def test_a_new_master_says_so_before_it_announces_or_starts_resources() -> None:
+    """The old master lets go of the VIP when it hears the new one hold it: the
+    heartbeat follows TakeVip at once, before the slower announce and resources."""
+    sim = Sim(["dir0", "dir1"], {"dir0": 150, "dir1": 100})
+    sim.run(1.5)
+    seen: dict[str, list[object]] = {"dir0": [], "dir1": []}
+    orig = sim.apply
+
+    def spy(name: str, actions: list[object]) -> None:
+        seen[name].extend(actions)
+        orig(name, actions)
+
+    sim.apply = spy  # type: ignore[method-assign]
+    sim.apply("dir0", sim.nodes["dir0"].standby(sim.now))
+    sim.run(0.3)
+    kinds = [type(a).__name__ for a in seen["dir1"] if not isinstance(a, Event)]
+    take = kinds.index("TakeVip")
+    assert kinds[take:take + 4] == ["TakeVip", "Send", "Announce", "StartResources"]
+    sends = [a for a in seen["dir1"][seen["dir1"].index(TakeVip("dir0")):]
+             if isinstance(a, Send)]
+    assert sends[0].state is State.MASTER
+    assert sim.masters() == {"dir1"}
