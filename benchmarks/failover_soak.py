@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lab import topology as topo_mod
 from lab.backends.netns import NetnsBackend
 from lab.system import env, require_programs
+from lab.traffic import vip_holders
 from provision import provision
 from provision.director import heartbeat_socket
-from tests.integration.conftest import vip_holders
 
 
 def events(lab: NetnsBackend, director: str) -> list[dict[str, object]]:

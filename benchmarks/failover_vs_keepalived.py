@@ -33,10 +33,9 @@ from lab.backends.netns import NetnsBackend
 from lab.faults import PowerLoss
 from lab.poll import wait_until
 from lab.system import env, require_programs
+from lab.traffic import ClientLoop, vip_holders
 from provision import provision
 from provision.director import priority
-from tests.integration.conftest import vip_holders
-from tests.integration.net import ClientLoop
 
 REQUESTS = 450  # ~3 s of traffic per trial, bounded
 

@@ -159,7 +159,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def service_log(self, host: str, name: str) -> Path:
-        """The log file of a service."""
+        """The log file of a service, as a path on the host."""
+
+    def log_text(self, host: str, name: str) -> str:
+        """A service's log, read as the host sees it."""
+        return self.read_file(host, str(self.service_log(host, name))).decode(errors="replace")
 
     @abc.abstractmethod
     def ssh_config(self) -> str:

@@ -7,6 +7,8 @@ effect, for timelines.
 
 * ``StopService(host, name)``: the supervisor stops it (SIGTERM); heal starts it
 * ``SignalService(host, name, "QUIT")``: e.g. nginx's graceful stop; heal restarts it
+* ``Refuse(host, port)``: the service runs, but new TCP connections to ``port``
+  are refused (a RST, as from a closed port); heal removes exactly that rule
 * ``Blackhole(host)``: every packet in and out of the host's lab interfaces is
   dropped, established connections included (iptables in the host); heal
   removes exactly those rules
@@ -14,6 +16,9 @@ effect, for timelines.
   plugs them back
 * ``PowerLoss(host)``: links cut, then every process killed (on VMs: the
   domain destroyed); heal boots it again
+
+``Faults`` keeps what was injected, so whatever is still in effect when a test
+ends (passed or failed) is healed, newest first.
 """
 
 from __future__ import annotations
@@ -74,25 +79,43 @@ class SignalService(Fault):
         lab.restart_service(self.host, self.service)
 
 
-BLACKHOLE_RULES = (("INPUT", "-i"), ("OUTPUT", "-o"))
+@dataclass
+class FirewallFault(Fault):
+    """A fault made of iptables rules inserted first in their chains, tagged with a
+    comment; heal deletes exactly those rules (every copy of them)."""
+
+    def rules(self) -> list[tuple[str, list[str]]]:
+        raise NotImplementedError
+
+    def _tagged(self, spec: list[str]) -> list[str]:
+        tag = f"halab-fault-{type(self).__name__.lower()}"
+        return ["-m", "comment", "--comment", tag, *spec]
+
+    def _inject(self, lab: Backend) -> None:
+        for chain, spec in self.rules():
+            lab.run(self.host, ["iptables", "-I", chain, "1", *self._tagged(spec)])
+
+    def _heal(self, lab: Backend) -> None:
+        for chain, spec in self.rules():
+            while lab.run(self.host, ["iptables", "-D", chain, *self._tagged(spec)],
+                          check=False).ok:
+                pass
 
 
 @dataclass
-class Blackhole(Fault):
-    @staticmethod
-    def _spec(flag: str) -> list[str]:
-        return ["!", flag, "lo", "-m", "comment", "--comment", "halab-fault-blackhole",
-                "-j", "DROP"]
+class Blackhole(FirewallFault):
+    def rules(self) -> list[tuple[str, list[str]]]:
+        return [("INPUT", ["!", "-i", "lo", "-j", "DROP"]),
+                ("OUTPUT", ["!", "-o", "lo", "-j", "DROP"])]
 
-    def _inject(self, lab: Backend) -> None:
-        for chain, flag in BLACKHOLE_RULES:
-            lab.run(self.host, ["iptables", "-I", chain, "1", *self._spec(flag)])
 
-    def _heal(self, lab: Backend) -> None:
-        for chain, flag in BLACKHOLE_RULES:
-            while lab.run(self.host, ["iptables", "-D", chain, *self._spec(flag)],
-                          check=False).ok:
-                pass
+@dataclass
+class Refuse(FirewallFault):
+    port: int = 80
+
+    def rules(self) -> list[tuple[str, list[str]]]:
+        return [("INPUT", ["!", "-i", "lo", "-p", "tcp", "--syn", "--dport", str(self.port),
+                           "-j", "REJECT", "--reject-with", "tcp-reset"])]
 
 
 @dataclass
@@ -113,3 +136,31 @@ class PowerLoss(Fault):
 
     def _heal(self, lab: Backend) -> None:
         lab.power_on(self.host)
+
+
+class Faults:
+    """The faults of one test: injected through here, healed at the end whatever
+    happened (newest first); a heal that fails does not stop the others."""
+
+    def __init__(self, lab: Backend) -> None:
+        self.lab = lab
+        self.active: list[Fault] = []
+
+    def inject(self, fault: Fault) -> float:
+        self.active.append(fault)  # a half-injected fault is healed too
+        return fault.inject(self.lab)
+
+    def heal(self, fault: Fault) -> None:
+        self.active = [f for f in self.active if f is not fault]
+        fault.heal(self.lab)
+
+    def heal_all(self) -> None:
+        errors = []
+        while self.active:
+            fault = self.active.pop()
+            try:
+                fault.heal(self.lab)
+            except Exception as e:  # keep healing the others
+                errors.append(f"{fault}: {e}")
+        if errors:
+            raise HalabError("could not heal: " + "; ".join(errors))

@@ -1,4 +1,4 @@
-"""Real packets from inside a lab host: run as ``python probe.py ...`` on a host.
+"""Real packets from inside a lab host: run as ``python -m lab.probe ...`` on a host.
 
 Clients print one word and exit 0:
   tcp ADDR PORT     open | refused | timeout | unreachable
@@ -10,7 +10,10 @@ by themselves after ``--seconds`` (every probe is bounded in time):
   udp-echo PORT     echo every datagram back
 A client loop, bounded by --count:
   http-loop URL     sequential GETs, a new TCP connection each, one JSON line per
-                    request: {"i", "t" (start, epoch s), "ms", "status", "body", "err"}
+                    request: {"i", "t" (start, epoch s), "ms", "status", "body", "err",
+                    "port" (the client's local port)}
+  http-keepalive URL  the same over one persistent HTTP/1.1 connection (a new one
+                    only after an error): one connection, one local port
 """
 
 from __future__ import annotations
@@ -60,29 +63,39 @@ def udp(addr: str, port: int, timeout: float) -> str:
 
 
 def http_loop(url: str, count: int, gap: float, timeout: float,
-              connect_timeout: float | None = None) -> None:
+              connect_timeout: float | None = None, keepalive: bool = False) -> None:
+    """One JSON line per request; a new connection each, or one reused (``keepalive``)."""
     u = urllib.parse.urlsplit(url)
+    conn: http.client.HTTPConnection | None = None
     for i in range(count):
         t = time.time()
         t0 = time.monotonic()
         rec: dict[str, object] = {"i": i, "t": t}
-        conn = http.client.HTTPConnection(u.hostname or "", u.port or 80,
-                                          timeout=connect_timeout or timeout)
+        if conn is None:
+            conn = http.client.HTTPConnection(u.hostname or "", u.port or 80,
+                                              timeout=connect_timeout or timeout)
         try:
-            conn.connect()
-            if conn.sock is not None:  # the rest of the request has what is left
-                conn.sock.settimeout(max(timeout - (time.monotonic() - t0), 0.001))
+            if conn.sock is None:
+                conn.connect()
+            # the rest of the request has what is left of the timeout
+            conn.sock.settimeout(max(timeout - (time.monotonic() - t0), 0.001))
             conn.request("GET", u.path or "/")
             resp = conn.getresponse()
             rec["status"] = resp.status
             rec["body"] = resp.read().decode(errors="replace").strip()
+            rec["port"] = conn.sock.getsockname()[1]
         except (OSError, http.client.HTTPException) as e:
             rec["err"] = f"{type(e).__name__}: {e}"
-        finally:
             conn.close()
+            conn = None
+        if not keepalive and conn is not None:
+            conn.close()
+            conn = None
         rec["ms"] = round((time.monotonic() - t0) * 1000, 2)
         print(json.dumps(rec), flush=True)
         time.sleep(gap)
+    if conn is not None:
+        conn.close()
 
 
 def serve(kind: str, port: int, seconds: float, addr: str = "0.0.0.0") -> None:
@@ -110,7 +123,8 @@ def serve(kind: str, port: int, seconds: float, addr: str = "0.0.0.0") -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["tcp", "udp", "tcp-listen", "udp-echo", "http-loop"])
+    p.add_argument("kind", choices=["tcp", "udp", "tcp-listen", "udp-echo", "http-loop",
+                                    "http-keepalive"])
     p.add_argument("args", nargs="+")
     p.add_argument("--timeout", type=float, default=1.0)
     p.add_argument("--seconds", type=float, default=60.0)
@@ -125,6 +139,9 @@ def main() -> int:
     elif a.kind == "http-loop":
         http_loop(a.args[0], min(a.count, 100_000), a.gap_ms / 1000, a.timeout,
                   a.connect_timeout)
+    elif a.kind == "http-keepalive":
+        http_loop(a.args[0], min(a.count, 100_000), a.gap_ms / 1000, a.timeout,
+                  keepalive=True)
     else:
         serve(a.kind, int(a.args[0]), a.seconds, a.addr)
     return 0

@@ -25,6 +25,7 @@ from typing import Any
 
 from lab.backend import Backend
 from lab.system import env
+from lab.traffic import ClientLoop
 
 LOG_LINE = re.compile(r"^(\S+Z) level=\S+ daemon=(\S+) event=(\S+)\s*(.*)$")
 FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
@@ -39,7 +40,7 @@ def event_times(lab: Backend, host: str, service: str, event: str,
                 **match: str) -> list[float]:
     """Epoch times of ``event`` in a daemon's log, whose fields include ``match``."""
     out = []
-    for line in lab.service_log(host, service).read_text(errors="replace").splitlines():
+    for line in lab.log_text(host, service).splitlines():
         m = LOG_LINE.match(line)
         if m and m.group(3) == event:
             fields = dict(FIELD.findall(m.group(4)))
@@ -72,7 +73,7 @@ class Timeline:
     def add_log(self, lab: Backend, host: str, service: str, events: set[str],
                 since: float, until: float) -> None:
         """The daemon's events between ``since`` and ``until`` (epoch)."""
-        for line in lab.service_log(host, service).read_text(errors="replace").splitlines():
+        for line in lab.log_text(host, service).splitlines():
             m = LOG_LINE.match(line)
             if not m or m.group(3) not in events:
                 continue
@@ -85,19 +86,17 @@ class Timeline:
                 self.add(t, f"{host}/{service}", m.group(3), detail)
 
     def add_requests(self, results: list[dict[str, Any]], source: str = "client") -> None:
-        """Failed requests as spans, and the first success after the fault."""
-        first_ok = None
+        """Failed requests as spans, and the first success that ends the outage."""
         for r in results:
-            t = float(r["t"])
-            end = t + float(r["ms"]) / 1000
             if r.get("status") != 200:
+                t = float(r["t"])
                 self.add(t, source, "request_failed", str(r.get("err") or r.get("status")),
-                         end=end)
-            elif t >= self.t0 and first_ok is None:
-                first_ok = end
-                self.add(end, source, "first_success_after_fault", str(r.get("body", ""))[:40])
-        if first_ok is not None:
-            self.measured["outage_ms"] = round((first_ok - self.t0) * 1000, 1)
+                         end=t + float(r["ms"]) / 1000)
+        first = ClientLoop.first_good_after(results, self.t0)
+        if first is not None:
+            end = float(first["t"]) + float(first["ms"]) / 1000  # type: ignore[arg-type]
+            self.add(end, source, "first_success_after_fault", str(first.get("body", ""))[:40])
+            self.measured["outage_ms"] = self.rel_ms(end)
         self.measured["failed_requests"] = sum(1 for r in results if r.get("status") != 200)
 
     def rel_ms(self, t: float) -> float:

@@ -1,28 +1,34 @@
-"""Real packets inside the lab: probes and listeners run on lab hosts (see probe.py)."""
+"""Real packets inside the lab, through any backend: probes, listeners and client
+loops run on lab hosts (``python -m lab.probe``, halab being installed there),
+and who announces the VIP is read from the directors themselves.
+
+Used by the integration suite and the benchmarks.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import pytest
 
 from lab.backend import Backend
+from lab.errors import HalabError
 from lab.system import env
 
-PROBE = Path(__file__).with_name("probe.py")
+
+def probe_argv(lab: Backend, *args: str) -> list[str]:
+    return [lab.python, "-m", "lab.probe", *args]
 
 
 def probe(lab: Backend, host: str, kind: str, addr: str, port: int,
           timeout: float = 1.0) -> str:
     """Send a real TCP/UDP probe from ``host``; returns open/refused/timeout/unreachable."""
-    res = lab.run(host, [sys.executable, str(PROBE), kind, addr, str(port),
-                         "--timeout", str(timeout)], timeout=timeout + 10)
+    res = lab.run(host, probe_argv(lab, kind, addr, str(port), "--timeout", str(timeout)),
+                  timeout=timeout + 10)
     return res.text.strip()
 
 
@@ -50,8 +56,8 @@ class Listener:
 def listener(lab: Backend, host: str, kind: str, port: int, seconds: float = 120.0,
              addr: str = "0.0.0.0") -> Iterator[Listener]:
     """A probe server on ``host`` (``tcp-listen`` or ``udp-echo``), ended by PID afterwards."""
-    argv = lab.command(host, [sys.executable, str(PROBE), kind, str(port),
-                              "--seconds", str(seconds), "--addr", addr])
+    argv = lab.command(host, probe_argv(lab, kind, str(port), "--seconds", str(seconds),
+                                        "--addr", addr))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env())
     assert proc.stdout is not None
@@ -59,7 +65,8 @@ def listener(lab: Backend, host: str, kind: str, port: int, seconds: float = 120
     if line.strip() != "ready":
         proc.kill()
         _, err = proc.communicate(timeout=10)
-        pytest.fail(f"{kind} listener on {host}:{port} did not start: {line!r} {err.strip()}")
+        raise HalabError(f"{kind} listener on {host}:{port} did not start: {line!r} "
+                         f"{err.strip()}")
     lst = Listener(proc)
     try:
         yield lst
@@ -69,14 +76,17 @@ def listener(lab: Backend, host: str, kind: str, port: int, seconds: float = 120
 
 
 class ClientLoop:
-    """Sequential HTTP requests from a lab host (probe.py http-loop), read as they happen."""
+    """Sequential HTTP requests from a lab host (``lab.probe http-loop``: a new
+    connection each; ``keepalive``: one connection), read as they happen."""
 
     def __init__(self, lab: Backend, host: str, url: str, count: int, gap_ms: float = 5.0,
-                 timeout: float = 1.0, connect_timeout: float | None = None) -> None:
+                 timeout: float = 1.0, connect_timeout: float | None = None,
+                 keepalive: bool = False) -> None:
         extra = ["--connect-timeout", str(connect_timeout)] if connect_timeout else []
-        argv = lab.command(host, [sys.executable, str(PROBE), "http-loop", url,
-                                  "--count", str(count), "--gap-ms", str(gap_ms),
-                                  "--timeout", str(timeout), *extra])
+        kind = "http-keepalive" if keepalive else "http-loop"
+        argv = lab.command(host, probe_argv(lab, kind, url, "--count", str(count),
+                                            "--gap-ms", str(gap_ms), "--timeout", str(timeout),
+                                            *extra))
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env())
         self.results: list[dict[str, object]] = []
@@ -107,10 +117,92 @@ class ClientLoop:
         return [r for r in results if r.get("status") != 200]
 
     @staticmethod
-    def outage(results: list[dict[str, object]], t_fault: float) -> float:
-        """From the fault to the end of the first good response started after it."""
-        for r in results:
-            t = float(r["t"])  # type: ignore[arg-type]
-            if t >= t_fault and r.get("status") == 200:
-                return t + float(r["ms"]) / 1000 - t_fault  # type: ignore[arg-type]
-        return float("inf")
+    def first_good_after(results: Sequence[dict[str, object]],
+                         t_fault: float) -> dict[str, object] | None:
+        """The first good response that started after the fault and after the last
+        failed request began: service is back (a request that slipped through
+        before the fault took hold does not end the outage)."""
+        starts = [float(r["t"]) for r in results  # type: ignore[arg-type]
+                  if r.get("status") != 200 and float(r["t"]) >= t_fault]  # type: ignore[arg-type]
+        since = max([t_fault, *starts])
+        return next((r for r in results if r.get("status") == 200
+                     and float(r["t"]) >= since), None)  # type: ignore[arg-type]
+
+    @staticmethod
+    def outage(results: Sequence[dict[str, object]], t_fault: float) -> float:
+        """From the fault to the end of the first good response after it (above)."""
+        r = ClientLoop.first_good_after(results, t_fault)
+        if r is None:
+            return float("inf")
+        return float(r["t"]) + float(r["ms"]) / 1000 - t_fault  # type: ignore[arg-type]
+
+    @staticmethod
+    def rate(results: Sequence[dict[str, object]]) -> float:
+        """Requests started per second over ``results``."""
+        if len(results) < 2:
+            return 0.0
+        span = float(results[-1]["t"]) - float(results[0]["t"])  # type: ignore[arg-type]
+        return (len(results) - 1) / span if span > 0 else float("inf")
+
+
+def announcing(lab: Backend, director: str, vip: str) -> bool:
+    """Does ``director`` have the VIP on an interface that is up on the wire? (Not lo,
+    where a draining VIP stays silent; not a cut link; a host that cannot be reached,
+    powered off, has nothing.)"""
+    try:
+        res = lab.run(director, ["ip", "-j", "-4", "addr", "show"], check=False, timeout=5)
+    except HalabError:
+        return False
+    if not res.ok:
+        return False
+    return any(link.get("operstate") == "UP" and link["ifname"] != "lo"
+               and any(a.get("local") == vip for a in link.get("addr_info", []))
+               for link in json.loads(res.stdout or b"[]"))
+
+
+def vip_holders(lab: Backend) -> list[str]:
+    """The directors that announce the VIP right now (normally exactly one)."""
+    vip = str(lab.topology.vip.address)
+    return [d.name for d in lab.topology.directors if announcing(lab, d.name, vip)]
+
+
+@dataclass(frozen=True)
+class VipSample:
+    t: float  # epoch seconds, the start of the sample
+    end: float
+    holders: tuple[str, ...] | None  # None: inconclusive (it changed while being read)
+
+
+class VipSampler:
+    """Samples who announces the VIP, over and over, in a thread while a failover
+    happens (bounded in time); ``stop()`` returns every sample.
+
+    The directors cannot be read at one instant, so a sample reads them all and
+    then every one but the last again: if those agree, the sample stands for the
+    moment the last one was read; if not, a director changed in between and the
+    sample is marked inconclusive rather than showing a state that never was.
+    """
+
+    def __init__(self, lab: Backend, seconds: float = 30.0) -> None:
+        self.lab = lab
+        self.samples: list[VipSample] = []
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + seconds
+        self._thread = threading.Thread(target=self._run, name="vip-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        vip = str(self.lab.topology.vip.address)
+        names = [d.name for d in self.lab.topology.directors]
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            t = time.time()
+            first = {d: announcing(self.lab, d, vip) for d in names}
+            again = {d: announcing(self.lab, d, vip) for d in names[:-1]}
+            same = all(first[d] == again[d] for d in again)
+            holders = tuple(d for d in names if first[d]) if same else None
+            self.samples.append(VipSample(t, time.time(), holders))
+
+    def stop(self) -> list[VipSample]:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        return self.samples

@@ -1,15 +1,24 @@
-"""The heartbeat daemons in the live lab: one VIP owner, failover within the budget.
+"""Check 3, failover time: the heartbeat daemons keep exactly one director
+announcing the VIP; a power loss of the master is an outage within the budget
+of the timers; a graceful standby costs no request; auto_failback off leaves
+the VIP where it went.
+
+A prober on the client sends sequential requests through the VIP (a new TCP
+connection each, 200 ms to connect, the anchors' prober, at >= 100 per second)
+while a sampler reads, over and over, which directors announce the VIP (on an
+interface that is up on the wire). Each failover writes a timeline to the
+artifacts (JSON, text, PNG): the fault, the last heartbeat the survivor heard,
+its verdict, the VIP added, the client's ARP entry re-pointed, every failed
+request and the first success, every change the sampler saw, and the budget.
 
 Bounds come from the configured timers (``heartbeat.config`` defaults, which
-provision/ renders): a power loss is detected after ``deadtime`` and the
-VIP is up on the survivor a tick and an ``ip addr`` later; the client's
-outage adds at most one client timeout (a request caught mid-failover).
+provision/ renders): a power loss is detected after ``deadtime`` and the VIP
+is up on the survivor a tick and an ``ip addr`` later; the client's outage
+adds at most one client timeout (a request caught mid-failover).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,23 +29,29 @@ from heartbeat import config as hb_config
 from heartbeat import wire
 from heartbeat.fsm import Timers
 from lab.backend import Backend
-from lab.errors import HalabError
-from lab.faults import CutLinks, PowerLoss, SignalService
+from lab.faults import CutLinks, Faults, PowerLoss, SignalService
 from lab.poll import wait_until
 from lab.timeline import NeighWatch, Timeline, event_times
 from lab.topology import Topology
-from provision.director import AUTHKEY, HEARTBEAT_CONFIG, heartbeat_socket, priority
+from lab.traffic import ClientLoop, VipSample, VipSampler, vip_holders
+from provision.director import AUTHKEY, HEARTBEAT_CONFIG, priority
 
-from .conftest import vip_holders
-from .net import ClientLoop
+from .common import hb, other, vip_url
+from .common import hb_state as state
 
 pytestmark = pytest.mark.integration
 
 # the timers provision/ renders (heartbeat's defaults)
 TIMERS = Timers()
 CLIENT_TIMEOUT = 0.2  # the anchors' prober: 200 ms to connect
+PROBE_GAP_MS = 2.0  # a request every few ms: >= 100 per second
+MIN_PROBE_RATE = 100.0
 MARGIN = 0.15  # scheduling noise on a loaded 2-core machine
 DETECT_BUDGET = TIMERS.deadtime + 0.01 + MARGIN  # deadtime + tick + ip addr, with margin
+# Graceful handover is make-before-break: the new master adds the VIP, then the old one
+# lets go when it hears of it (a heartbeat and an `ip addr`). For that moment both
+# announce it (both serve: the old one keeps the connections it has); it must be short.
+OVERLAP_BOUND = 0.05
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -45,29 +60,6 @@ def rendered_timers(lab: Backend) -> None:
     for d in lab.topology.directors:
         cfg = hb_config.loads(lab.read_file(d.name, HEARTBEAT_CONFIG).decode())
         assert cfg.timers == TIMERS
-
-
-def hb(lab: Backend, director: str, command: str = "status") -> object:
-    sock = heartbeat_socket(lab.paths(director))
-    return json.loads(lab.run(director, ["hbctl", "-s", sock, command, "--json"]).text)
-
-
-def state(lab: Backend, director: str) -> str:
-    """The director's heartbeat state ("" while its daemon does not answer)."""
-    try:
-        st = hb(lab, director)
-    except HalabError:
-        return ""
-    assert isinstance(st, dict)
-    return str(st["state"])
-
-
-def other(topo: Topology, name: str) -> str:
-    return next(d.name for d in topo.directors if d.name != name)
-
-
-def vip_url(topo: Topology) -> str:
-    return f"http://{topo.vip.address}:{topo.ports.http}/"
 
 
 def settle(lab: Backend, topo: Topology) -> str:
@@ -80,6 +72,11 @@ def settle(lab: Backend, topo: Topology) -> str:
         return holders[0] if sorted(states.values()) == ["BACKUP", "MASTER"] and \
             states[holders[0]] == "MASTER" else None
     return wait_until(agreed, 10, "one MASTER with the VIP and one BACKUP")
+
+
+def prober(lab: Backend, topo: Topology, count: int) -> ClientLoop:
+    return ClientLoop(lab, topo.clients[0].name, vip_url(topo), count=count,
+                      gap_ms=PROBE_GAP_MS, timeout=CLIENT_TIMEOUT)
 
 
 def test_one_master_holds_the_vip(lab: Backend, topo: Topology) -> None:
@@ -98,7 +95,8 @@ HB_EVENTS = {"peer_late", "peer_dead", "transition", "vip_added", "vip_removed",
 
 def failover_timeline(lab: Backend, topo: Topology, title: str, t0: float,
                       results: list[dict[str, object]], neigh: list[tuple[float, str]],
-                      artifacts: Path, record: Callable[..., None]) -> Timeline:
+                      samples: list[VipSample], artifacts: Path,
+                      record: Callable[..., None]) -> Timeline:
     """The timeline of one failover: written to the artifacts, summed up in the report."""
     st = hb(lab, topo.directors[0].name)
     assert isinstance(st, dict)
@@ -106,16 +104,29 @@ def failover_timeline(lab: Backend, topo: Topology, title: str, t0: float,
     tl.add(t0, "fault", "fault")
     for d in topo.directors:
         tl.add_log(lab, d.name, "heartbeat", HB_EVENTS, t0 - 0.5, t0 + 1.0)
+    # the survivor's verdict says how long the peer had been silent: its last heartbeat
+    for m in [m for m in tl.marks if m.what == "peer_dead"]:
+        silent = float(m.detail.split("silent_ms=")[1].split()[0])
+        tl.add(m.t - silent / 1000, m.source, "last_heartbeat_received")
     for t, mac in neigh:
         if t >= t0:
             tl.add(t, "client/arp", "vip_mac_changed", mac)
     tl.add_requests([r for r in results if float(r["t"]) < t0 + 1.0])  # type: ignore[arg-type]
+    last: tuple[str, ...] | None = None
+    for s in conclusive(samples):
+        if s.holders != last and s.end >= t0 - 0.2:  # a sample is done at its end
+            tl.add(s.end, "sampler", "vip_announced_by", ",".join(s.holders or ()) or "nobody")
+        last = s.holders
     vip_up = [m.t for m in tl.marks if m.what == "vip_added" and m.t >= t0]
     if vip_up:
         tl.measured["vip_added_ms"] = tl.rel_ms(vip_up[0])
     seen = [t for t, _ in neigh if t >= t0]
     if seen:
         tl.measured["arp_seen_by_client_ms"] = tl.rel_ms(seen[0])
+    before = [r for r in results if float(r["t"]) < t0]  # type: ignore[arg-type]
+    tl.measured["probe_rate_per_s"] = round(ClientLoop.rate(before), 1)
+    tl.measured["vip_samples"] = len(samples)
+    tl.measured["inconclusive"] = len(samples) - len(conclusive(samples))
     name = title.lower().replace(" ", "-")
     tl.write(artifacts, name)
     record(check="failover", what=title, budget_ms=tl.budget_ms.get("total"),
@@ -123,33 +134,52 @@ def failover_timeline(lab: Backend, topo: Topology, title: str, t0: float,
     return tl
 
 
-def test_power_loss_of_the_master(lab: Backend, topo: Topology, artifacts: Path,
-                                  record: Callable[..., None]) -> None:
+def conclusive(samples: list[VipSample]) -> list[VipSample]:
+    """The samples that stand for one moment (see VipSampler)."""
+    return [s for s in samples if s.holders is not None]
+
+
+def assert_prober_fast_enough(results: list[dict[str, object]], t0: float) -> None:
+    before = [r for r in results if float(r["t"]) < t0]  # type: ignore[arg-type]
+    rate = ClientLoop.rate(before)
+    assert rate >= MIN_PROBE_RATE, f"the prober sent {rate:.0f} requests/s, not >= 100"
+
+
+def test_power_loss_of_the_master(lab: Backend, topo: Topology, faults: Faults,
+                                  artifacts: Path, record: Callable[..., None]) -> None:
     master = settle(lab, topo)
     survivor = other(topo, master)
-    fault = PowerLoss(master)
     watch = NeighWatch(lab, topo.clients[0].name, str(topo.vip.address))
-    loop = ClientLoop(lab, topo.clients[0].name, vip_url(topo), count=300,
-                      timeout=CLIENT_TIMEOUT)
+    loop = prober(lab, topo, count=400)
+    sampler = VipSampler(lab)
     try:
-        loop.read(20)
-        t0 = fault.inject(lab)
+        loop.read(30)
+        t0 = faults.inject(PowerLoss(master))
         wait_until(lambda: state(lab, survivor) == "MASTER", DETECT_BUDGET + 1,
                    f"{survivor} MASTER after the power loss of {master}")
         results = loop.finish()
     finally:
         loop.stop()
+        samples = sampler.stop()
         neigh = watch.stop()
-        fault.heal(lab)
-    tl = failover_timeline(lab, topo, "power loss of the master", t0, results, neigh,
+    faults.heal_all()
+    tl = failover_timeline(lab, topo, "power loss of the master", t0, results, neigh, samples,
                            artifacts, record)
     took = [t for t in event_times(lab, survivor, "heartbeat", "vip_added") if t >= t0]
     assert took and took[0] - t0 <= DETECT_BUDGET, f"VIP up after {took[0] - t0:.3f} s\n" \
         + tl.text()
     assert "arp_seen_by_client_ms" in tl.measured, tl.text()
+    assert_prober_fast_enough(results, t0)
     out = ClientLoop.outage(results, t0)
-    assert out <= DETECT_BUDGET + CLIENT_TIMEOUT, f"outage {out:.3f} s"
+    assert out <= DETECT_BUDGET + CLIENT_TIMEOUT, f"outage {out:.3f} s\n" + tl.text()
     assert all(r.get("status") == 200 for r in results[-20:])
+    # the VIP: the master's before the fault, nobody's until the survivor took it, then
+    # the survivor's at every sample; never two
+    seen = conclusive(samples)
+    assert len(seen) >= 20, f"only {len(seen)} conclusive VIP samples"
+    assert not [s for s in seen if len(s.holders or ()) > 1], tl.text()
+    assert all(s.holders == (master,) for s in seen if s.end < t0), tl.text()
+    assert all(s.holders == (survivor,) for s in seen if s.t > took[0]), tl.text()
     # auto_failback is off: the old master comes back as BACKUP, the VIP stays
     wait_until(lambda: state(lab, master) == "BACKUP", 10, f"{master} back as BACKUP")
     assert vip_holders(lab) == [survivor]
@@ -161,86 +191,100 @@ def test_standby_hands_over_without_a_failed_request(lab: Backend, topo: Topolog
     master = settle(lab, topo)
     peer = other(topo, master)
     watch = NeighWatch(lab, topo.clients[0].name, str(topo.vip.address))
-    loop = ClientLoop(lab, topo.clients[0].name, vip_url(topo), count=200,
-                      timeout=CLIENT_TIMEOUT)
-    samples: list[list[str]] = []
+    loop = prober(lab, topo, count=300)
+    sampler = VipSampler(lab)
     try:
-        loop.read(20)
+        loop.read(30)
         t0 = time.time()
         hb(lab, master, "standby")
-        wait_until(lambda: samples.append(vip_holders(lab)) or vip_holders(lab) == [peer], 5,
-                   f"the VIP on {peer} after standby")
+        wait_until(lambda: vip_holders(lab) == [peer], 5, f"the VIP on {peer} after standby")
         results = loop.finish()
     finally:
         loop.stop()
+        samples = sampler.stop()
         neigh = watch.stop()
-    failover_timeline(lab, topo, "graceful standby", t0, results, neigh, artifacts, record)
-    assert all(samples), f"the VIP was unowned at a sample: {samples}"
+    tl = failover_timeline(lab, topo, "graceful standby", t0, results, neigh, samples,
+                           artifacts, record)
+    assert_prober_fast_enough(results, t0)
     failed = ClientLoop.failures(results)
-    assert not failed, f"{len(failed)} failed during the handover: {failed[:3]}"
+    assert not failed, f"{len(failed)} failed during the handover: {failed[:3]}\n" + tl.text()
     assert state(lab, master) == "BACKUP" and state(lab, peer) == "MASTER"
-    # the handover leaves nothing behind once its window closed
+    # never unowned; both only while the new master's VIP and the old one's overlap
+    added = next(t for t in event_times(lab, peer, "heartbeat", "vip_added") if t >= t0)
+    removed = next(t for t in event_times(lab, master, "heartbeat", "vip_removed") if t >= t0)
+    record(check="failover", what="graceful standby: overlap",
+           overlap_ms=round((removed - added) * 1000, 1), bound_ms=round(OVERLAP_BOUND * 1000))
+    assert removed - added <= OVERLAP_BOUND, tl.text()
+    seen = conclusive(samples)
+    assert len(seen) >= 20, f"only {len(seen)} conclusive VIP samples"
+    assert all(s.holders for s in seen), f"the VIP was unannounced at a sample\n{tl.text()}"
+    both = [s for s in seen if len(s.holders or ()) > 1]
+    assert all(added - 0.01 <= s.end and s.t <= removed + 0.01 for s in both), tl.text()
+    assert all(len(s.holders or ()) == 1 for s in seen if s.end < added or s.t > removed)
+    # the old master keeps the VIP as a silent local address for the window (its open
+    # connections finish), and the handover leaves nothing behind once it closed
     window = hb_config.loads(lab.read_file(peer, HEARTBEAT_CONFIG).decode()).handover_window
+
+    def on_lo() -> bool:
+        lo = lab.run(master, ["ip", "-4", "-o", "addr", "show", "dev", "lo"]).text
+        return f"{topo.vip.address}/32" in lo
+
+    assert time.time() - removed < window / 2
+    assert on_lo(), f"{master} does not keep the VIP on lo while draining"
 
     def clean() -> bool:
         rules = lab.run(peer, ["iptables-save"]).text + lab.run(peer, ["ip", "rule"]).text
-        lo = lab.run(master, ["ip", "-4", "-o", "addr", "show", "dev", "lo"]).text
-        return "HALAB-HANDOVER" not in rules and "fwmark" not in rules and \
-            str(topo.vip.address) not in lo
+        return "HALAB-HANDOVER" not in rules and "fwmark" not in rules and not on_lo()
 
     wait_until(clean, window + 2, "handover rules and the draining VIP gone")
 
 
-def test_dead_balancer_on_the_master_fails_over(lab: Backend, topo: Topology) -> None:
+def test_dead_balancer_on_the_master_fails_over(lab: Backend, topo: Topology,
+                                                faults: Faults) -> None:
     master = settle(lab, topo)
     peer = other(topo, master)
     fault = SignalService(master, service="balancer", signal="KILL")
-    try:
-        fault.inject(lab)
-        wait_until(lambda: vip_holders(lab) == [peer], 3, f"the VIP on {peer}")
-        assert state(lab, master) == "FAULT"
-    finally:
-        fault.heal(lab)
+    faults.inject(fault)
+    wait_until(lambda: vip_holders(lab) == [peer], 3, f"the VIP on {peer}")
+    assert state(lab, master) == "FAULT"
+    faults.heal(fault)
     wait_until(lambda: state(lab, master) == "BACKUP", 5, f"{master} BACKUP again")
     assert lab.run(topo.clients[0].name, ["curl", "-sf", vip_url(topo)]).ok
 
 
-def test_one_link_cut_is_no_failover(lab: Backend, topo: Topology) -> None:
+def test_one_link_cut_is_no_failover(lab: Backend, topo: Topology, faults: Faults) -> None:
     master = settle(lab, topo)
     peer = other(topo, master)
     fault = CutLinks(master, networks=("private",))
-    try:
-        t_cut = fault.inject(lab)
+    t_cut = faults.inject(fault)
 
-        def private_down() -> bool:
-            st = hb(lab, peer)
-            assert isinstance(st, dict)
-            return st["peers"][0]["links"]["private"] == "down"
+    def private_down() -> bool:
+        st = hb(lab, peer)
+        assert isinstance(st, dict)
+        return st["peers"][0]["links"]["private"] == "down"
 
-        wait_until(private_down, 3, f"{peer} seeing the private link down")
-        # Nothing may happen for a while: this wait is the behaviour under test.
-        time.sleep(3 * TIMERS.deadtime)
-        assert vip_holders(lab) == [master]
-        assert state(lab, peer) == "BACKUP"
-    finally:
-        fault.heal(lab)
+    wait_until(private_down, 3, f"{peer} seeing the private link down")
+    # Nothing may happen for a while: this wait is the behaviour under test.
+    time.sleep(3 * TIMERS.deadtime)
+    assert vip_holders(lab) == [master]
+    assert state(lab, peer) == "BACKUP"
+    faults.heal(fault)
     events = hb(lab, peer, "events")
     assert isinstance(events, list)
     moved = [e for e in events if e["event"] == "transition" and e["t"] >= t_cut - 0.01]
     assert not moved, f"a transition while one link was still up: {moved}"
 
 
-def test_all_links_cut_then_healed_leaves_one_owner(lab: Backend, topo: Topology) -> None:
+def test_all_links_cut_then_healed_leaves_one_owner(lab: Backend, topo: Topology,
+                                                    faults: Faults) -> None:
     master = settle(lab, topo)
     peer = other(topo, master)
     fault = CutLinks(master)
-    try:
-        fault.inject(lab)
-        # documented split brain: cut off, both believe they are alone
-        wait_until(lambda: state(lab, peer) == "MASTER", DETECT_BUDGET + 1, f"{peer} MASTER")
-        assert state(lab, master) == "MASTER"
-    finally:
-        fault.heal(lab)
+    faults.inject(fault)
+    # documented split brain: cut off, both believe they are alone
+    wait_until(lambda: state(lab, peer) == "MASTER", DETECT_BUDGET + 1, f"{peer} MASTER")
+    assert state(lab, master) == "MASTER"
+    faults.heal(fault)
     healed = wait_until(lambda: len(vip_holders(lab)) == 1, TIMERS.keepalive * 2 + 1,
                         "a single VIP owner after the heal")
     assert healed
@@ -269,7 +313,7 @@ def test_forged_and_replayed_packets_are_counted_and_ignored(lab: Backend,
     code = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
             f"s.bind(({str(p.address('private'))!r},0))\n"
             f"for d in {packets!r}:\n    s.sendto(d,({target!r},{topo.ports.heartbeat}))\n")
-    lab.run(peer, [sys.executable, "-c", code])
+    lab.run(peer, [lab.python, "-c", code])
 
     def counted() -> dict[str, int] | None:
         st = hb(lab, master)
@@ -292,8 +336,8 @@ def garps(lab: Backend, director: str) -> int:
     return int(st["counters"].get("garp_sent", 0))
 
 
-def test_lost_ping_node_gives_the_vip_away_and_runs_hooks(lab: Backend,
-                                                          topo: Topology) -> None:
+def test_lost_ping_node_gives_the_vip_away_and_runs_hooks(lab: Backend, topo: Topology,
+                                                          faults: Faults) -> None:
     """heartbeat's ipfail: a master that cannot see its ping node (here: the client,
     i.e. the internet) goes FAULT; notify hooks see it; SIGHUP applies the config."""
     master = settle(lab, topo)
@@ -316,25 +360,23 @@ def test_lost_ping_node_gives_the_vip_away_and_runs_hooks(lab: Backend,
         refreshed = original.replace("[vip]\n", "[vip]\nrefresh = 100\n")
         lab.put_file(master, HEARTBEAT_CONFIG, refreshed + extra)
         lab.run(master, ["kill", "-HUP", str(pid)])
-        wait_until(lambda: "event=reloaded" in lab.service_log(master, "heartbeat")
-                   .read_text(), 5, "the reload")
+        wait_until(lambda: "event=reloaded" in lab.log_text(master, "heartbeat"), 5, "the reload")
         # the master announces the VIP again every `refresh` (gratuitous ARP)
         sent = garps(lab, master)
         wait_until(lambda: garps(lab, master) >= sent + 3, 2, "periodic announcements")
-        cut.inject(lab)
+        faults.inject(cut)
         wait_until(lambda: vip_holders(lab) == [peer], 6, f"the VIP on {peer}")
         assert state(lab, master) == "FAULT"
         # resources stop right to left, then the fault hook runs
         wait_until(lambda: lab.read_file(master, hook_file).decode().split()
                    == ["stop2", "stop1", "FAULT"], 3, "stop order and the fault hook")
-        cut.heal(lab)
+        faults.heal(cut)
         wait_until(lambda: state(lab, master) == "BACKUP", 6, f"{master} BACKUP again")
         wait_until(lambda: lab.read_file(master, hook_file).decode().split()[-1:] == ["BACKUP"],
                    3, "the backup hook")
         assert "start1" not in lab.read_file(master, hook_file).decode()  # not master again
     finally:
-        if cut.at is not None:
-            cut.heal(lab)
+        faults.heal_all()
         lab.put_file(master, HEARTBEAT_CONFIG, original)
         lab.run(master, ["kill", "-HUP", str(pid)], check=False)
         lab.run(master, ["rm", "-f", hook_file], check=False)

@@ -1,4 +1,5 @@
-"""The firewall policy, checked with real packets from every side.
+"""Check 4, the firewall policy, checked with real packets from every side, and the
+rule sets read back from the hosts.
 
 HTTP on the directors is the real balancer (on the VIP and its own
 addresses), the admin port its admin listener (private address), heartbeat
@@ -11,19 +12,18 @@ rejected one is refused at once ("refused"), a dropped one times out.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import pytest
 
 from lab.backend import Backend
 from lab.topology import Topology
+from lab.traffic import Listener, listener, ping, probe
 from provision import firewall
 from provision import host as ph
-from provision.director import heartbeat_socket
 
-from .net import Listener, listener, ping, probe
+from .common import hb
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +61,8 @@ def flows(topo: Topology) -> list[tuple[str, str, str, int, str]]:
         (client.name, "tcp", str(d0.address(pub)), UNUSED_PORT, "refused"),
         (client.name, "udp", str(d0.address(pub)), UNUSED_PORT, "refused"),
         (client.name, "tcp", str(w0.address(priv)), p.http, "unreachable"),
+        (client.name, "tcp", str(w1.address(priv)), p.ssh, "unreachable"),
+        (client.name, "tcp", str(d0.address(priv)), p.admin, "unreachable"),
         # the peer director
         (d1.name, "tcp", str(d0.address(priv)), p.admin, "open"),
         (d1.name, "tcp", str(d0.address(pub)), p.admin, "refused"),  # admin: private only
@@ -82,19 +84,25 @@ def flows(topo: Topology) -> list[tuple[str, str, str, int, str]]:
 
 
 def test_policy_matrix(lab: Backend, topo: Topology, vip_holder: str,
-                       listeners: dict[tuple[str, str], Listener]) -> None:
+                       listeners: dict[tuple[str, str], Listener],
+                       record: Callable[..., None]) -> None:
     wrong = []
-    for src, proto, addr, port, expected in flows(topo):
+    matrix = flows(topo)
+    for src, proto, addr, port, expected in matrix:
         # A dropped flow only shows as a timeout: keep it short but real.
         seen = probe(lab, src, proto, addr, port, timeout=0.5 if expected == "timeout" else 2)
         if seen != expected:
             wrong.append(f"{src} -> {addr} {proto}/{port}: expected {expected}, saw {seen}")
+    record(check="firewall", what="flows with real packets", flows=len(matrix),
+           **{k: sum(1 for f in matrix if f[4] == k) for k in ("open", "refused", "timeout",
+                                                               "unreachable")},
+           wrong=len(wrong))
     assert not wrong, "\n".join(wrong)
 
 
 def hb_counters(lab: Backend, director: str) -> dict[str, int]:
-    sock = heartbeat_socket(lab.paths(director))
-    st = json.loads(lab.run(director, ["hbctl", "-s", sock, "status", "--json"]).text)
+    st = hb(lab, director)
+    assert isinstance(st, dict)
     return {k: v for k, v in st["counters"].items() if k.startswith("dropped")}
 
 
@@ -120,6 +128,7 @@ def test_icmp_echo(lab: Backend, topo: Topology) -> None:
     assert ping(lab, client, str(topo.directors[0].address("public")))
     assert ping(lab, topo.directors[0].name, str(topo.webs[1].address("private")))
     assert ping(lab, topo.webs[0].name, str(topo.webs[1].address("private")))
+    assert not ping(lab, client, str(topo.webs[0].address("private")))  # no route in
 
 
 def test_ipv6_closed_except_loopback(lab: Backend, topo: Topology) -> None:

@@ -14,11 +14,10 @@ from testinfra.host import Host
 
 from lab.backend import Backend
 from lab.topology import Topology
+from lab.traffic import vip_holders
 from provision import firewall
 from provision import host as ph
 from provision.director import AUTHKEY, BALANCER_CONFIG, HEARTBEAT_CONFIG
-
-from .conftest import vip_holders
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,70 @@
+"""What several checks ask of the lab: URLs, pages, the daemons' runtime APIs."""
+
+from __future__ import annotations
+
+import json
+
+from balancer.config import HealthConfig
+from lab.backend import Backend
+from lab.errors import HalabError
+from lab.poll import wait_until
+from lab.topology import Topology
+from provision.director import balancer_socket, heartbeat_socket
+
+H = HealthConfig()  # the health-check defaults provision/ renders
+# Budget to come back: a DOWN server is checked every downinter, and needs rise good checks.
+REJOIN_BUDGET = H.downinter + H.rise * (H.fastinter + H.timeout) + 1.0
+
+
+def page(name: str) -> str:
+    """What web node ``name`` serves at /."""
+    return f"{name} - It works!"
+
+
+def vip_url(topo: Topology) -> str:
+    return f"http://{topo.vip.address}:{topo.ports.http}/"
+
+
+def other(topo: Topology, director: str) -> str:
+    return next(d.name for d in topo.directors if d.name != director)
+
+
+# --- the balancer: runtime API (balancerctl) and stats endpoint ---------------------
+
+
+def ctl(lab: Backend, director: str, command: str) -> str:
+    sock = balancer_socket(lab.paths(director))
+    return lab.run(director, [lab.python, "-m", "balancer.ctl", "-s", sock,
+                              *command.split()]).text
+
+
+def servers(lab: Backend, director: str) -> dict[str, dict[str, object]]:
+    snap = json.loads(ctl(lab, director, "show stat json"))
+    return {s["name"]: s for s in snap["servers"]}
+
+
+def wait_state(lab: Backend, director: str, server: str, state: str, timeout: float) -> None:
+    wait_until(lambda: servers(lab, director)[server]["state"] == state or None, timeout,
+               f"{server} {state} on {director}'s balancer")
+
+
+def stats_url(topo: Topology, director: str) -> str:
+    return f"http://{topo.hosts[director].address('private')}:{topo.ports.admin}/stats.json"
+
+
+# --- the heartbeat: hbctl ---------------------------------------------------------------
+
+
+def hb(lab: Backend, director: str, command: str = "status") -> object:
+    sock = heartbeat_socket(lab.paths(director))
+    return json.loads(lab.run(director, ["hbctl", "-s", sock, command, "--json"]).text)
+
+
+def hb_state(lab: Backend, director: str) -> str:
+    """The director's heartbeat state ("" while its daemon does not answer)."""
+    try:
+        st = hb(lab, director)
+    except HalabError:
+        return ""
+    assert isinstance(st, dict)
+    return str(st["state"])

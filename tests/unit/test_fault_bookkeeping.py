@@ -1,0 +1,82 @@
+"""The suite's bookkeeping, without a lab: which faults are healed, how an outage is
+measured from a client loop's records, the prober's rate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from lab.backend import Backend
+from lab.errors import HalabError
+from lab.faults import Fault, Faults
+from lab.timeline import Timeline
+from lab.traffic import ClientLoop
+
+
+@dataclass
+class Noted(Fault):
+    """A fault that only writes down what happened to it."""
+
+    log: list[str] = field(default_factory=list)
+    broken_heal: bool = False
+
+    def _inject(self, lab: Backend) -> None:
+        self.log.append(f"inject {self.host}")
+
+    def _heal(self, lab: Backend) -> None:
+        if self.broken_heal:
+            raise HalabError(f"{self.host} cannot be healed")
+        self.log.append(f"heal {self.host}")
+
+
+LAB: Any = object()  # the faults above never touch it
+
+
+def test_heal_all_heals_what_is_left_newest_first_and_goes_on_after_an_error() -> None:
+    log: list[str] = []
+    faults = Faults(LAB)
+    a, b, c = Noted("a", log=log), Noted("b", log=log, broken_heal=True), Noted("c", log=log)
+    for f in (a, b, c):
+        faults.inject(f)
+    faults.heal(a)
+    with pytest.raises(HalabError, match="b cannot be healed"):
+        faults.heal_all()
+    assert log == ["inject a", "inject b", "inject c", "heal a", "heal c"]
+    assert not faults.active
+
+
+def test_two_equal_faults_are_two_faults() -> None:
+    log: list[str] = []
+    faults = Faults(LAB)
+    first, second = Noted("a", log=log), Noted("a", log=log)
+    faults.inject(first)
+    faults.inject(second)
+    faults.heal(first)
+    assert faults.active == [second] and faults.active[0] is second
+
+
+def req(t: float, ms: float, ok: bool = True) -> dict[str, object]:
+    return {"t": t, "ms": ms, **({"status": 200, "body": "web0"} if ok else {"err": "timeout"})}
+
+
+def test_outage_ends_with_the_first_success_after_the_last_failure() -> None:
+    # a request slips through just after the fault was injected, before it took hold
+    results = [req(99.9, 1), req(100.001, 1), req(100.004, 200, ok=False),
+               req(100.206, 2), req(100.210, 2)]
+    assert ClientLoop.outage(results, 100.0) == pytest.approx(0.208)
+    tl = Timeline("t", 100.0)
+    tl.add_requests(results)
+    assert tl.measured == {"outage_ms": 208.0, "failed_requests": 1}
+    assert [m.what for m in tl.marks] == ["request_failed", "first_success_after_fault"]
+
+
+def test_outage_without_a_failure_and_without_recovery() -> None:
+    assert ClientLoop.outage([req(99.0, 1), req(100.5, 3)], 100.0) == pytest.approx(0.503)
+    assert ClientLoop.outage([req(100.1, 200, ok=False)], 100.0) == float("inf")
+
+
+def test_rate_is_requests_started_per_second() -> None:
+    assert ClientLoop.rate([req(10 + i * 0.005, 1) for i in range(201)]) == pytest.approx(200)
+    assert ClientLoop.rate([req(1, 1)]) == 0.0
