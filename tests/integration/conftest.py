@@ -41,6 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 # One row per measured behaviour, printed as the session's summary tables.
+CHECKS = ["round robin", "ejection", "failover", "firewall"]  # the order of the tables
 SUMMARY: list[dict[str, str]] = []
 
 
@@ -62,7 +63,8 @@ def record(request: pytest.FixtureRequest) -> Callable[..., None]:
 def summary_tables(rows: list[dict[str, str]]) -> list[str]:
     """One aligned table per check, its columns the union of its rows' keys."""
     out: list[str] = []
-    for check in dict.fromkeys(r.get("check", "") for r in rows):
+    checks = dict.fromkeys(r.get("check", "") for r in rows)
+    for check in sorted(checks, key=lambda c: (CHECKS.index(c) if c in CHECKS else 99, c)):
         group = [r for r in rows if r.get("check", "") == check]
         cols = [k for k in dict.fromkeys(k for r in group for k in r) if k not in ("check",
                                                                                    "test")]
