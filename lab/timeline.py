@@ -138,7 +138,7 @@ class Timeline:
 
         sources = sorted({m.source for m in self.marks})
         rows = {s: i for i, s in enumerate(sources)}
-        fig, ax = plt.subplots(figsize=(11, 1.2 + 0.6 * len(sources)))
+        fig, ax = plt.subplots(figsize=(12, 1.6 + 1.0 * len(sources)))
         placed: dict[str, int] = {}
         for m in sorted(self.marks, key=lambda m: m.t):
             y = rows[m.source]
@@ -146,14 +146,15 @@ class Timeline:
             if m.end is not None:
                 ax.barh(y, self.rel_ms(m.end) - x, left=x, height=0.4, color="tab:red",
                         alpha=0.6)
-            else:
-                colour = {"first_success_after_fault": "tab:green", "fault": "black"}.get(
-                    m.what, "tab:blue")
-                ax.plot([x], [y], marker="|", markersize=18, color=colour)
-                n = placed.get(m.source, 0)  # stagger labels of close events
-                placed[m.source] = n + 1
-                ax.annotate(f"{m.what} {x:+.0f}", (x, y), xytext=(3, 6 + 9 * (n % 3)),
-                            textcoords="offset points", fontsize=7)
+                continue
+            colour = {"first_success_after_fault": "tab:green", "fault": "black"}.get(
+                m.what, "tab:blue")
+            ax.plot([x], [y], marker="|", markersize=18, color=colour)
+            n = placed.get(m.source, 0)  # stagger the labels of close events
+            placed[m.source] = n + 1
+            label = f"VIP: {m.detail}" if m.what == "vip_announced_by" else m.what
+            ax.annotate(f"{label} {x:+.0f}", (x, y), xytext=(2, 8 + 10 * (n % 3)),
+                        textcoords="offset points", fontsize=7, rotation=20)
         ax.axvline(0, color="black", linewidth=1)
         if "total" in self.budget_ms:
             ax.axvline(self.budget_ms["total"], color="tab:orange", linestyle="--",
@@ -163,8 +164,9 @@ class Timeline:
                        label=f"outage {self.measured['outage_ms']:g} ms")
         ax.set_yticks(range(len(sources)), sources)
         ax.set_xlabel("ms since the fault")
-        ax.set_title(self.title)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.set_ylim(-0.5, len(sources) - 0.2)
+        ax.set_title(self.title, pad=12)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
