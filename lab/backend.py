@@ -41,7 +41,9 @@ class ServiceSpec:
     """A long-running daemon on a host, run in the foreground.
 
     ``argv`` is what a supervisor runs; ``unit`` is the systemd unit that
-    plays the same part on a VM. The service counts as ready once it listens
+    plays the same part on a VM: one of halab's (provision/units), or the
+    system's own (ssh.service, run with the lab's config); None: a unit is
+    rendered from ``argv``. The service counts as ready once it listens
     on every TCP port in ``listens`` and ``ready_path`` (a socket, say) exists.
     """
 
@@ -87,6 +89,10 @@ class Backend(abc.ABC):
     control_dir: Path
     # The Python interpreter that has halab installed, as a path on the hosts.
     python: str
+    # Whether the hosts' own users keep their ~/.ssh/authorized_keys beside the lab
+    # operator's key (VMs: Vagrant logs in as its user; not the netns lab, whose hosts
+    # share this machine's home directories).
+    user_keys: bool = False
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
@@ -160,6 +166,20 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def service_log(self, host: str, name: str) -> Path:
         """The log file of a service, as a path on the host."""
+
+    def require_programs(self, programs: Sequence[str]) -> None:
+        """Every host has ``programs``; missing ones are installed with apt (a host
+        without the packages baked in, where a mirror is reachable)."""
+        from lab.system import PACKAGES
+
+        for h in self.hosts():
+            check = " ".join(f"command -v {p} >/dev/null || echo {p};" for p in programs)
+            missing = self.run(h.name, ["sh", "-c", check], timeout=60).text.split()
+            if missing:
+                pkgs = sorted({w for p in missing for w in PACKAGES.get(p, p).split()})
+                self.run(h.name, ["sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get update "
+                                  "-qq && apt-get install -y -qq " + " ".join(pkgs)],
+                         timeout=900)
 
     def log_text(self, host: str, name: str) -> str:
         """A service's log, read as the host sees it."""

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="show the lab working: status, then the curl loop through it")
     sub.add_parser("ssh-config", help="print an ssh_config for every host "
                    "(ssh -F <(halab ssh-config) dir0)")
+    bx = sub.add_parser("box", help="the Vagrant box: halab box build [--force]")
+    bx.add_argument("action", choices=["build"])
+    bx.add_argument("--force", action="store_true", help="rebuild even if it is cached")
     return p
 
 
@@ -105,17 +108,13 @@ def exec_on(backend: Backend, host: str, argv: Sequence[str]) -> int:
 
 def cmd_logs(backend: Backend, host: str, service: str | None, follow: bool) -> int:
     names = [service] if service else [s.name for s in backend.services(host)]
-    paths = [backend.service_log(host, n) for n in names]
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise HalabError(f"{host}: no log {', '.join(missing)}")
     if follow:
-        argv = ["tail", "-n", "50", "-F", *map(str, paths)]
-        os.execvp(argv[0], argv)
-    for name, path in zip(names, paths, strict=True):
-        if len(paths) > 1:
-            print(f"==> {host} {name} ({path}) <==")
-        sys.stdout.write(path.read_text(errors="replace"))
+        paths = [backend.service_log(host, n) for n in names]
+        return exec_on(backend, host, ["tail", "-n", "50", "-F", *map(str, paths)])
+    for name in names:
+        if len(names) > 1:
+            print(f"==> {host} {name} <==")
+        sys.stdout.write(backend.log_text(host, name))
     return 0
 
 
@@ -125,6 +124,11 @@ def dispatch(args: argparse.Namespace) -> int:
         roles = {r.value: len(t.by_role(r)) for r in Role}
         print(f"{t.source}: ok: lab {t.lab}, {len(t.networks)} networks, "
               f"{len(t.hosts)} hosts {roles}, VIP {t.vip.address}")
+        return 0
+    if args.cmd == "box":
+        from lab import box
+
+        print(box.build(force=args.force))
         return 0
     backend = load_backend(args)
     if args.cmd == "up":

@@ -29,6 +29,16 @@ PACKAGES: dict[str, str] = {
     "conntrack": "conntrack",
     "nc": "netcat-openbsd",
     "sysctl": "procps",
+    "debootstrap": "debootstrap",
+    "mke2fs": "e2fsprogs",
+    "qemu-img": "qemu-utils",
+    "chroot": "coreutils",
+    "vagrant": "vagrant vagrant-libvirt",
+    "libvirtd": "libvirt-daemon-system",
+    "virtlogd": "libvirt-daemon-system",
+    "virsh": "libvirt-clients",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "chronyd": "chrony",
 }
 
 

@@ -77,6 +77,12 @@ class Interface:
     def cidr(self) -> str:
         return f"{self.address}/{self.network.subnet.prefixlen}"
 
+    @property
+    def mac(self) -> str:
+        """A locally administered MAC that shows the address it carries (every backend
+        uses it: 02:00 + the address's four bytes)."""
+        return "02:00:" + ":".join(f"{b:02x}" for b in self.address.packed)
+
 
 @dataclass(frozen=True)
 class Host:

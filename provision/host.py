@@ -22,7 +22,6 @@ from pathlib import Path
 
 from lab.backend import Backend, HostPaths, ServiceSpec
 from lab.errors import HalabError
-from lab.system import require_programs
 from lab.topology import Host, Role, Topology
 from provision import director, firewall, ssh, web
 
@@ -98,13 +97,14 @@ def sysctl_file(host: Host) -> str:
 
 
 def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
-              python: str = "python3") -> HostPlan:
-    """Everything ``host`` needs; ``python`` is the interpreter with halab on that host."""
+              python: str = "python3", user_keys: bool = False) -> HostPlan:
+    """Everything ``host`` needs; ``python`` is the interpreter with halab on that host;
+    ``user_keys``: its users keep their own authorized keys (see Backend.user_keys)."""
     files = [
         File("/etc/hosts", hosts_file(topo, host)),
         File(SYSCTL_FILE, sysctl_file(host)),
         File(IP6TABLES_FILE, firewall.render_v6(host)),
-        File("/etc/ssh/sshd_config", ssh.sshd_config(topo, host, paths)),
+        File("/etc/ssh/sshd_config", ssh.sshd_config(topo, host, paths, user_keys)),
         File("/etc/ssh/ssh_config", ssh.ssh_config(host)),
         File("/etc/ssh/ssh_known_hosts", ssh.known_hosts(topo, keys.host_public)),
         File("/etc/ssh/authorized_keys/root", keys.operator.public),
@@ -183,11 +183,11 @@ def _write_private(path: Path, text: str) -> None:
 
 def provision(backend: Backend) -> None:
     """Make every host what its role says, in parallel."""
-    require_programs(PROGRAMS)
+    backend.require_programs(PROGRAMS)
     topo = backend.topology
     keys = lab_keys(backend)
     (backend.control_dir / "known_hosts").write_text(ssh.known_hosts(topo, keys.host_public))
-    plans = [plan_host(topo, h, backend.paths(h.name), keys, backend.python)
+    plans = [plan_host(topo, h, backend.paths(h.name), keys, backend.python, backend.user_keys)
              for h in backend.hosts()]
     with ThreadPoolExecutor(max_workers=len(plans)) as pool:
         for future in [pool.submit(apply, backend, p) for p in plans]:

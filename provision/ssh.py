@@ -41,7 +41,8 @@ def generate_keypair(comment: str) -> KeyPair:
         return KeyPair(path.read_text(), path.with_suffix(".pub").read_text())
 
 
-def sshd_config(topo: Topology, host: Host, paths: HostPaths) -> str:
+def sshd_config(topo: Topology, host: Host, paths: HostPaths, user_keys: bool = False) -> str:
+    keys = "/etc/ssh/authorized_keys/%u" + (" .ssh/authorized_keys" if user_keys else "")
     return f"""\
 # halab: sshd for {host.name}, rendered from lab/topology.yaml
 Port {topo.ports.ssh}
@@ -50,7 +51,7 @@ HostKey {HOST_KEY}
 PidFile {paths.run}/sshd.pid
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
-AuthorizedKeysFile /etc/ssh/authorized_keys/%u
+AuthorizedKeysFile {keys}
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no

@@ -74,5 +74,7 @@ def nginx_service(topo: Topology) -> ServiceSpec:
         name="nginx",
         argv=("nginx", "-e", "stderr", "-g", "daemon off;", "-c", "/etc/nginx/nginx.conf"),
         listens=(topo.ports.http,),
-        unit="nginx.service",
+        # no unit: the distribution's nginx.service runs nginx its own way (pidfile,
+        # daemon mode); a VM gets a unit rendered from the argv above
+        unit=None,
     )

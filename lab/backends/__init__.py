@@ -1,4 +1,5 @@
-"""Backends that realize a topology: netns (embedded default); vagrant and ssh to come."""
+"""Backends that realize a topology: netns (embedded default), vagrant (libvirt VMs);
+ssh (real hosts) to come."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from lab.backend import Backend
 from lab.errors import HalabError
 from lab.topology import Topology
 
-KINDS: tuple[str, ...] = ("netns",)
+KINDS: tuple[str, ...] = ("netns", "vagrant")
 # Named by the suite's --lab already; built in issue 6.
-PLANNED: tuple[str, ...] = ("vagrant", "ssh")
+PLANNED: tuple[str, ...] = ("ssh",)
 
 
 def make_backend(kind: str, topology: Topology) -> Backend:
@@ -16,4 +17,8 @@ def make_backend(kind: str, topology: Topology) -> Backend:
         from lab.backends.netns import NetnsBackend
 
         return NetnsBackend(topology)
+    if kind == "vagrant":
+        from lab.backends.vagrant import VagrantBackend
+
+        return VagrantBackend(topology)
     raise HalabError(f"unknown lab backend {kind!r} (known: {', '.join(KINDS)})")

@@ -76,11 +76,6 @@ def switch_port(host: Host, iface: Interface) -> str:
     return f"{host.name}.{iface.name}"
 
 
-def mac_for(iface: Interface) -> str:
-    """A locally administered MAC that shows the address it carries."""
-    return "02:00:" + ":".join(f"{b:02x}" for b in iface.address.packed)
-
-
 def plan_namespaces(topo: Topology, existing: set[str]) -> list[str]:
     """``ip -batch`` lines that add the missing namespaces."""
     wanted = [switch_namespace(topo)] + [topo.namespace(h) for h in topo.hosts]
@@ -112,7 +107,7 @@ def plan_host(host: Host) -> list[str]:
     lines = ["link set lo up"]
     for iface in host.interfaces:
         lines += [
-            f"link set {iface.name} address {mac_for(iface)}",
+            f"link set {iface.name} address {iface.mac}",
             f"addr replace {iface.cidr} dev {iface.name}",
             f"link set {iface.name} up",
         ]
@@ -262,6 +257,9 @@ class NetnsBackend(Backend):
     def uts_file(self, host: str) -> Path:
         """The host's UTS namespace (its hostname), pinned by a bind mount."""
         return self.control_dir / "uts" / host
+
+    def require_programs(self, programs: Sequence[str]) -> None:
+        require_programs(programs)  # the hosts share this machine's programs
 
     def command(self, host: str, argv: Sequence[str]) -> list[str]:
         return host_exec(self.ns(host), self.uts_file(host), argv)
