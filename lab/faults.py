@@ -10,8 +10,8 @@ effect, for timelines.
 * ``Refuse(host, port)``: the service runs, but new TCP connections to ``port``
   are refused (a RST, as from a closed port); heal removes exactly that rule
 * ``Blackhole(host)``: every packet in and out of the host's lab interfaces is
-  dropped, established connections included (iptables in the host); heal
-  removes exactly those rules
+  dropped, established connections included (iptables in the host; a VM's
+  management NIC is not a lab interface); heal removes exactly those rules
 * ``CutLinks(host, networks)``: unplug the host's cables (all, or some); heal
   plugs them back
 * ``PowerLoss(host)``: links cut, then every process killed (on VMs: the
@@ -23,8 +23,10 @@ ends (passed or failed) is healed, newest first.
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from lab.backend import Backend
 from lab.errors import HalabError
@@ -84,7 +86,7 @@ class FirewallFault(Fault):
     """A fault made of iptables rules inserted first in their chains, tagged with a
     comment; heal deletes exactly those rules (every copy of them)."""
 
-    def rules(self) -> list[tuple[str, list[str]]]:
+    def rules(self, lab: Backend) -> list[tuple[str, list[str]]]:
         raise NotImplementedError
 
     def _tagged(self, spec: list[str]) -> list[str]:
@@ -92,11 +94,11 @@ class FirewallFault(Fault):
         return ["-m", "comment", "--comment", tag, *spec]
 
     def _inject(self, lab: Backend) -> None:
-        for chain, spec in self.rules():
+        for chain, spec in self.rules(lab):
             lab.run(self.host, ["iptables", "-I", chain, "1", *self._tagged(spec)])
 
     def _heal(self, lab: Backend) -> None:
-        for chain, spec in self.rules():
+        for chain, spec in self.rules(lab):
             while lab.run(self.host, ["iptables", "-D", chain, *self._tagged(spec)],
                           check=False).ok:
                 pass
@@ -104,16 +106,21 @@ class FirewallFault(Fault):
 
 @dataclass
 class Blackhole(FirewallFault):
-    def rules(self) -> list[tuple[str, list[str]]]:
-        return [("INPUT", ["!", "-i", "lo", "-j", "DROP"]),
-                ("OUTPUT", ["!", "-o", "lo", "-j", "DROP"])]
+    """Silence on the host's lab interfaces (never a management NIC, eth0 on a VM)."""
+
+    def rules(self, lab: Backend) -> list[tuple[str, list[str]]]:
+        out: list[tuple[str, list[str]]] = []
+        for iface in lab.host(self.host).interfaces:
+            out += [("INPUT", ["-i", iface.name, "-j", "DROP"]),
+                    ("OUTPUT", ["-o", iface.name, "-j", "DROP"])]
+        return out
 
 
 @dataclass
 class Refuse(FirewallFault):
     port: int = 80
 
-    def rules(self) -> list[tuple[str, list[str]]]:
+    def rules(self, lab: Backend) -> list[tuple[str, list[str]]]:
         return [("INPUT", ["!", "-i", "lo", "-p", "tcp", "--syn", "--dport", str(self.port),
                            "-j", "REJECT", "--reject-with", "tcp-reset"])]
 
@@ -140,7 +147,11 @@ class PowerLoss(Fault):
 
 class Faults:
     """The faults of one test: injected through here, healed at the end whatever
-    happened (newest first); a heal that fails does not stop the others."""
+    happened (newest first); a heal that fails does not stop the others.
+
+    What is in effect is also written down on the controller (``faults.json`` in
+    the lab's control directory), so a run that was killed before its teardown
+    leaves a note, and ``recover`` heals those faults before the next run."""
 
     def __init__(self, lab: Backend) -> None:
         self.lab = lab
@@ -148,11 +159,13 @@ class Faults:
 
     def inject(self, fault: Fault) -> float:
         self.active.append(fault)  # a half-injected fault is healed too
+        self._save()
         return fault.inject(self.lab)
 
     def heal(self, fault: Fault) -> None:
         self.active = [f for f in self.active if f is not fault]
         fault.heal(self.lab)
+        self._save()
 
     def heal_all(self) -> None:
         errors = []
@@ -162,5 +175,43 @@ class Faults:
                 fault.heal(self.lab)
             except Exception as e:  # keep healing the others
                 errors.append(f"{fault}: {e}")
+        self._save()
         if errors:
             raise HalabError("could not heal: " + "; ".join(errors))
+
+    # the note on the controller ---------------------------------------------------
+
+    def _journal(self) -> Path:
+        return self.lab.control_dir / "faults.json"
+
+    def _save(self) -> None:
+        rows = [{"fault": type(f).__name__,
+                 **{k: v for k, v in asdict(f).items() if k != "at"}} for f in self.active]
+        path = self._journal()
+        if rows:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(rows))
+        else:
+            path.unlink(missing_ok=True)
+
+    @classmethod
+    def recover(cls, lab: Backend) -> list[Fault]:
+        """Heal what an earlier run left in effect (it was killed); returns those faults."""
+        faults = cls(lab)
+        try:
+            rows = json.loads(faults._journal().read_text())
+        except (OSError, ValueError):
+            return []
+        kinds = {k.__name__: k for k in CATALOGUE}
+        for row in rows:
+            kind = kinds[row.pop("fault")]
+            if row.get("networks") is not None:
+                row["networks"] = tuple(row["networks"])
+            faults.active.append(kind(**row))
+        left = list(faults.active)
+        faults.heal_all()
+        return left
+
+
+CATALOGUE: tuple[type[Fault], ...] = (StopService, SignalService, Refuse, Blackhole, CutLinks,
+                                      PowerLoss)

@@ -151,8 +151,8 @@ class VagrantBackend(Backend):
         def run() -> None:
             try:
                 fn(*args)
-            except HalabError as e:
-                errors.append(str(e))
+            except Exception as e:  # HalabError, or fabric's and paramiko's own
+                errors.append(f"{args[0]}: {type(e).__name__}: {e}")
         return run
 
     def _register_box(self) -> None:
@@ -282,7 +282,11 @@ class VagrantBackend(Backend):
             conn = self._conns.get(host)
             if conn is None:
                 cfg = fabric.Config(runtime_ssh_path=str(self.ssh_config_path()))
-                conn = fabric.Connection(host, config=cfg, connect_timeout=60)
+                # an SSH handshake under TCG, five at once, can take many seconds
+                wait = 30 * self.slowness
+                conn = fabric.Connection(host, config=cfg, connect_timeout=wait,
+                                         connect_kwargs={"banner_timeout": wait,
+                                                         "auth_timeout": wait})
                 self._conns[host] = conn
             return conn
 
@@ -297,12 +301,26 @@ class VagrantBackend(Backend):
             for conn in self._conns.values():
                 conn.close()
             self._conns.clear()
+        cfg = self.control_dir / "ssh_config"
+        if cfg.exists():  # the ssh connection masters (command())
+            for h in self.topology.hosts:
+                subprocess.run(["ssh", "-F", str(cfg), "-O", "exit", h], capture_output=True,
+                               check=False)
 
     # commands and files ---------------------------------------------------------
 
     def command(self, host: str, argv: Sequence[str]) -> list[str]:
+        """ssh with a tty (the remote command ends with the session), riding on a
+        connection master started beforehand: a master forked by this very command
+        would hold its stdout open after the command ended."""
         self.host(host)
-        return ["ssh", "-F", str(self.ssh_config_path()), "-tt", "-o", "LogLevel=ERROR", host,
+        cfg = str(self.ssh_config_path())
+        if subprocess.run(["ssh", "-F", cfg, "-O", "check", host], capture_output=True,
+                          check=False).returncode != 0:
+            subprocess.run(["ssh", "-F", cfg, "-f", "-N", "-o", "ControlMaster=yes", host],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=60 * self.slowness, check=False)
+        return ["ssh", "-F", cfg, "-tt", "-o", "ControlMaster=no", "-o", "LogLevel=ERROR", host,
                 "sudo -n -- " + shlex.join(argv)]
 
     def run(

@@ -96,6 +96,8 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Backend]:
     backend = make_backend(kind, topo_mod.load(os.environ.get("HALAB_TOPOLOGY")))
     was_up = backend.is_up()
     backend.up()
+    for fault in Faults.recover(backend):  # an earlier run was killed mid-fault
+        print(f"halab: healed {fault} left by an earlier run")
     provision(backend)
     yield backend
     if not was_up and not request.config.getoption("--keep-lab"):

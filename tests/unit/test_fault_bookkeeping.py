@@ -4,10 +4,13 @@ measured from a client loop's records, the prober's rate."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from lab import faults as faults_mod
 from lab.backend import Backend
 from lab.errors import HalabError
 from lab.faults import Fault, Faults
@@ -31,12 +34,15 @@ class Noted(Fault):
         self.log.append(f"heal {self.host}")
 
 
-LAB: Any = object()  # the faults above never touch it
+@pytest.fixture
+def lab(tmp_path: Path) -> Any:
+    """What Faults needs of a backend here: where the controller keeps notes."""
+    return SimpleNamespace(control_dir=tmp_path)
 
 
-def test_heal_all_heals_what_is_left_newest_first_and_goes_on_after_an_error() -> None:
+def test_heal_all_heals_what_is_left_newest_first_and_goes_on_after_an_error(lab: Any) -> None:
     log: list[str] = []
-    faults = Faults(LAB)
+    faults = Faults(lab)
     a, b, c = Noted("a", log=log), Noted("b", log=log, broken_heal=True), Noted("c", log=log)
     for f in (a, b, c):
         faults.inject(f)
@@ -47,14 +53,51 @@ def test_heal_all_heals_what_is_left_newest_first_and_goes_on_after_an_error() -
     assert not faults.active
 
 
-def test_two_equal_faults_are_two_faults() -> None:
+def test_two_equal_faults_are_two_faults(lab: Any) -> None:
     log: list[str] = []
-    faults = Faults(LAB)
+    faults = Faults(lab)
     first, second = Noted("a", log=log), Noted("a", log=log)
     faults.inject(first)
     faults.inject(second)
     faults.heal(first)
     assert faults.active == [second] and faults.active[0] is second
+
+
+@dataclass
+class Logged(Fault):
+    """Heals into a file: a fault whose heal a later process can see."""
+
+    note: str = ""
+
+    def _inject(self, lab: Backend) -> None:
+        pass
+
+    def _heal(self, lab: Backend) -> None:
+        with open(self.note, "a") as f:
+            f.write(f"healed {self.host}\n")
+
+
+def test_a_killed_run_leaves_a_note_and_the_next_one_heals(
+        lab: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(faults_mod, "CATALOGUE", (Logged,))
+    note = tmp_path / "healed.txt"
+    killed = Faults(lab)
+    killed.inject(Logged("web0", note=str(note)))
+    killed.inject(Logged("dir1", note=str(note)))  # ... and the run dies here
+    assert (tmp_path / "faults.json").exists()
+    left = Faults.recover(lab)
+    assert [f.host for f in left] == ["web0", "dir1"]
+    assert note.read_text() == "healed dir1\nhealed web0\n"  # newest first
+    assert not (tmp_path / "faults.json").exists()
+    assert Faults.recover(lab) == []
+
+
+def test_nothing_in_effect_leaves_no_note(lab: Any, tmp_path: Path) -> None:
+    faults = Faults(lab)
+    f = Noted("a")
+    faults.inject(f)
+    faults.heal(f)
+    assert not (tmp_path / "faults.json").exists()
 
 
 def req(t: float, ms: float, ok: bool = True) -> dict[str, object]:
