@@ -89,6 +89,9 @@ class Backend(abc.ABC):
     control_dir: Path
     # The Python interpreter that has halab installed, as a path on the hosts.
     python: str
+    # How much slower than the netns lab commands and daemons run here (software
+    # emulation: several times); limits scale with it, promises do not.
+    slowness: float = 1.0
     # Whether the hosts' own users keep their ~/.ssh/authorized_keys beside the lab
     # operator's key (VMs: Vagrant logs in as its user; not the netns lab, whose hosts
     # share this machine's home directories).
@@ -166,6 +169,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def service_log(self, host: str, name: str) -> Path:
         """The log file of a service, as a path on the host."""
+
+    @abc.abstractmethod
+    def enable_at_boot(self, host: str, unit: str) -> None:
+        """Have a unit of provision/units run at every boot of ``host``."""
 
     def require_programs(self, programs: Sequence[str]) -> None:
         """Every host has ``programs``; missing ones are installed with apt (a host

@@ -28,6 +28,7 @@ from provision import director, firewall, ssh, web
 SYSCTL_FILE = "/etc/sysctl.d/60-halab.conf"
 IPTABLES_FILE = "/etc/halab/iptables.rules"
 IP6TABLES_FILE = "/etc/halab/ip6tables.rules"
+FIREWALL_UNIT = "halab-firewall.service"  # the firewall again at boot
 PROGRAMS = ("nginx", "sshd", "ssh-keygen", "iptables-restore", "ip6tables-restore", "sysctl",
             "conntrack")
 
@@ -71,6 +72,8 @@ class HostPlan:
     files: tuple[File, ...]
     commands: tuple[tuple[str, ...], ...]
     services: tuple[ServiceSpec, ...] = field(default=())
+    # units (provision/units) that redo the commands at every boot, where hosts boot
+    at_boot: tuple[str, ...] = field(default=())
 
 
 def hosts_file(topo: Topology, host: Host) -> str:
@@ -136,7 +139,8 @@ def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
         ]
         services += [director.balancer_service(topo, python),
                      director.heartbeat_service(paths, python)]
-    return HostPlan(host.name, tuple(files), tuple(commands), tuple(services))
+    return HostPlan(host.name, tuple(files), tuple(commands), tuple(services),
+                    at_boot=(FIREWALL_UNIT,))
 
 
 def apply(backend: Backend, plan: HostPlan) -> None:
@@ -144,6 +148,8 @@ def apply(backend: Backend, plan: HostPlan) -> None:
         backend.put_file(plan.host, f.path, f.content, f.mode)
     for argv in plan.commands:
         backend.run(plan.host, argv)
+    for unit in plan.at_boot:
+        backend.enable_at_boot(plan.host, unit)
     for spec in plan.services:
         backend.start_service(plan.host, spec)
 

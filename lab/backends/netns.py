@@ -261,6 +261,9 @@ class NetnsBackend(Backend):
     def require_programs(self, programs: Sequence[str]) -> None:
         require_programs(programs)  # the hosts share this machine's programs
 
+    def enable_at_boot(self, host: str, unit: str) -> None:
+        """A namespace never boots: what provisioning applied stays until `down`."""
+
     def command(self, host: str, argv: Sequence[str]) -> list[str]:
         return host_exec(self.ns(host), self.uts_file(host), argv)
 

@@ -385,6 +385,11 @@ class VagrantBackend(Backend):
         self._wait_ready(host, spec)
         return self._state(host, spec.name, unit)
 
+    def enable_at_boot(self, host: str, unit: str) -> None:
+        self.put_file(host, f"/etc/systemd/system/{unit}", (UNITS / unit).read_text())
+        self.run(host, ["systemctl", "daemon-reload"])
+        self.run(host, ["systemctl", "enable", "--quiet", "--no-reload", unit])
+
     def _wait_ready(self, host: str, spec: ServiceSpec) -> None:
         deadline = time.monotonic() + 60
         while True:

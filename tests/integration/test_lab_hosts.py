@@ -84,7 +84,7 @@ def test_ssh_config_comes_from_the_cli(lab: Backend, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "lab.cli", "--topology",
+    out = subprocess.run([sys.executable, "-m", "lab.cli", "--lab", lab.kind, "--topology",
                           str(lab.topology.source), "ssh-config"],
                          capture_output=True, text=True, check=True).stdout
     assert out == lab.ssh_config()

@@ -29,8 +29,9 @@ pytestmark = pytest.mark.integration
 OTHER_LAB = "halabt"
 
 
-def halab(*args: str, topology: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lab.cli", "--topology", str(topology), *args],
+def halab(*args: str, topology: Path, kind: str = "netns") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lab.cli", "--lab", kind, "--topology",
+                           str(topology), *args],
                           capture_output=True, text=True, env=env(), timeout=120, check=False)
 
 
@@ -147,7 +148,7 @@ def test_bad_topology_is_one_line(tmp_path: Path) -> None:
 def test_exec_passes_exit_status_and_output(lab: Backend) -> None:
     topo = lab.topology
     res = halab("exec", topo.webs[0].name, "--", "sh", "-c", "cat /etc/hosts; exit 7",
-                topology=topo.source)
+                topology=topo.source, kind=lab.kind)
     assert res.returncode == 7
     assert f"127.0.1.1 {topo.webs[0].name}" in res.stdout
 
@@ -156,7 +157,7 @@ def test_restart_service_via_cli(lab: Backend) -> None:
     topo = lab.topology
     web = topo.webs[1].name
     before = {s.name: s.pid for s in lab.services(web)}
-    res = halab("restart", web, "nginx", topology=topo.source)
+    res = halab("restart", web, "nginx", topology=topo.source, kind=lab.kind)
     assert res.returncode == 0, res.stderr
     after = {s.name: s for s in lab.services(web)}
     assert after["nginx"].running and after["nginx"].pid != before["nginx"]
@@ -167,9 +168,9 @@ def test_restart_service_via_cli(lab: Backend) -> None:
 def test_logs_and_status_table(lab: Backend) -> None:
     topo = lab.topology
     d0 = topo.directors[0].name
-    res = halab("logs", d0, "sshd", topology=topo.source)
+    res = halab("logs", d0, "sshd", topology=topo.source, kind=lab.kind)
     assert res.returncode == 0 and "Server listening on 0.0.0.0 port" in res.stdout
-    table = halab("status", topology=topo.source)
+    table = halab("status", topology=topo.source, kind=lab.kind)
     assert table.returncode == 0
     for h in topo.hosts:
         assert h in table.stdout

@@ -138,9 +138,21 @@ def test_files_are_written_before_commands_run() -> None:
         def run(self, host: str, argv: tuple[str, ...]) -> None:
             calls.append(f"run {argv[0]}")
 
+        def enable_at_boot(self, host: str, unit: str) -> None:
+            calls.append(f"boot {unit}")
+
         def start_service(self, host: str, spec: object) -> None:
             calls.append("start")
 
     ph.apply(Recorder(), plan("web1"))  # type: ignore[arg-type]
     kinds = [c.split()[0] for c in calls]
-    assert kinds == sorted(kinds, key=["put", "run", "start"].index)
+    assert kinds == sorted(kinds, key=["put", "run", "boot", "start"].index)
+    # the firewall comes back at boot from the very files written above
+    assert "boot halab-firewall.service" in calls
+
+
+def test_the_boot_unit_restores_the_rendered_firewall_files() -> None:
+    unit = (Path(ph.__file__).parent / "units" / ph.FIREWALL_UNIT).read_text()
+    assert f"iptables-restore {ph.IPTABLES_FILE}" in unit
+    assert f"ip6tables-restore {ph.IP6TABLES_FILE}" in unit
+    assert "Before=network-pre.target" in unit
