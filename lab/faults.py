@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from lab.backend import Backend
@@ -38,11 +38,16 @@ class Fault:
     at: float | None = field(default=None, init=False)  # when it took effect (epoch s)
 
     def inject(self, lab: Backend) -> float:
-        """Inject; returns (and keeps in ``at``) the time it began to take effect."""
+        """Inject; returns (and keeps in ``at``) the time it began to take effect
+        (after the look-ups it needs, which can take long on a slow host)."""
+        self._prepare(lab)
         t0 = time.time()
         self._inject(lab)
         self.at = t0
         return t0
+
+    def _prepare(self, lab: Backend) -> None:
+        """Look-ups before the fault itself (not part of its timing)."""
 
     def heal(self, lab: Backend) -> None:
         self._heal(lab)
@@ -71,11 +76,16 @@ class SignalService(Fault):
     service: str = ""
     signal: str = "QUIT"
 
-    def _inject(self, lab: Backend) -> None:
+    pid: int | None = field(default=None, init=False, repr=False)
+
+    def _prepare(self, lab: Backend) -> None:
         pids = [s.pid for s in lab.services(self.host) if s.name == self.service and s.running]
         if not pids:
             raise HalabError(f"{self.host}: {self.service} is not running")
-        lab.run(self.host, ["kill", f"-{self.signal}", str(pids[0])])
+        self.pid = pids[0]
+
+    def _inject(self, lab: Backend) -> None:
+        lab.run(self.host, ["kill", f"-{self.signal}", str(self.pid)])
 
     def _heal(self, lab: Backend) -> None:
         lab.restart_service(self.host, self.service)
@@ -186,7 +196,8 @@ class Faults:
 
     def _save(self) -> None:
         rows = [{"fault": type(f).__name__,
-                 **{k: v for k, v in asdict(f).items() if k != "at"}} for f in self.active]
+                 **{k.name: getattr(f, k.name) for k in fields(f) if k.init}}
+                for f in self.active]
         path = self._journal()
         if rows:
             path.parent.mkdir(parents=True, exist_ok=True)
