@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -135,25 +136,18 @@ class VagrantBackend(Backend):
         self.vagrant("up", "--parallel")
         self._write_ssh_config()
         self._close_connections()
-        errors: list[str] = []
         clock = self._time_server()
-        threads = [threading.Thread(target=self._guard(errors, self._prepare, h, wheels, clock))
-                   for h in self.topology.hosts]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = []
+        with ThreadPoolExecutor(max_workers=len(self.topology.hosts)) as pool:
+            futures = {h: pool.submit(self._prepare, h, wheels, clock)
+                       for h in self.topology.hosts}
+            for host, future in futures.items():
+                try:
+                    future.result()
+                except Exception as e:  # HalabError, or fabric's and paramiko's own
+                    errors.append(f"{host}: {type(e).__name__}: {e}")
         if errors:
             raise HalabError("; ".join(errors))
-
-    @staticmethod
-    def _guard(errors: list[str], fn: Any, *args: Any) -> Any:
-        def run() -> None:
-            try:
-                fn(*args)
-            except Exception as e:  # HalabError, or fabric's and paramiko's own
-                errors.append(f"{args[0]}: {type(e).__name__}: {e}")
-        return run
 
     def _register_box(self) -> None:
         if os.environ.get("HALAB_BOX", box.BOX_NAME) != box.BOX_NAME:
