@@ -21,7 +21,9 @@ network (192.168.121.0/24) and the lab networks exist only there.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -125,4 +127,6 @@ def stop() -> None:
         if left:
             raise HalabError(f"processes still in {NS}: {' '.join(left)}")
         run_local(["ip", "netns", "del", NS])
-    NO_KVM.unlink(missing_ok=True)
+    shutil.rmtree(RUN, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        RUN.parent.rmdir()  # /run/halab, unless a netns lab still uses it
