@@ -81,9 +81,25 @@ def settle(lab: Backend, topo: Topology) -> str:
     return wait_until(agreed, 10 * lab.slowness, "one MASTER with the VIP and one BACKUP")
 
 
-def prober(lab: Backend, topo: Topology, count: int) -> ClientLoop:
-    return ClientLoop(lab, topo.clients[0].name, vip_url(topo), count=count,
+def observe_failover(lab: Backend, topo: Topology, count: int, act: Callable[[], float]
+                     ) -> tuple[float, list[dict[str, object]], list[VipSample],
+                                list[tuple[float, str]]]:
+    """Run ``act`` (it returns the fault's time) while the client probes the VIP, the VIP
+    sampler runs and the client's ARP table is watched; returns (t0, the requests, the
+    samples, the ARP changes)."""
+    watch = NeighWatch(lab, topo.clients[0].name, str(topo.vip.address))
+    loop = ClientLoop(lab, topo.clients[0].name, vip_url(topo), count=count,
                       gap_ms=PROBE_GAP_MS, timeout=CLIENT_TIMEOUT)
+    sampler = VipSampler(lab)
+    try:
+        loop.read(30)  # traffic flows before the fault
+        t0 = act()
+        results = loop.finish()
+    finally:
+        loop.stop()
+        samples = sampler.stop()
+        neigh = watch.stop()
+    return t0, results, samples, neigh
 
 
 def test_one_master_holds_the_vip(lab: Backend, topo: Topology) -> None:
@@ -165,19 +181,14 @@ def test_power_loss_of_the_master(lab: Backend, topo: Topology, faults: Faults,
                                   artifacts: Path, record: Callable[..., None]) -> None:
     master = settle(lab, topo)
     survivor = other(topo, master)
-    watch = NeighWatch(lab, topo.clients[0].name, str(topo.vip.address))
-    loop = prober(lab, topo, count=400)
-    sampler = VipSampler(lab)
-    try:
-        loop.read(30)
+
+    def power_loss() -> float:
         t0 = faults.inject(PowerLoss(master))
         wait_until(lambda: state(lab, survivor) == "MASTER", detect_budget(lab) + 1,
                    f"{survivor} MASTER after the power loss of {master}")
-        results = loop.finish()
-    finally:
-        loop.stop()
-        samples = sampler.stop()
-        neigh = watch.stop()
+        return t0
+
+    t0, results, samples, neigh = observe_failover(lab, topo, 400, power_loss)
     faults.heal_all()
     tl = failover_timeline(lab, topo, "power loss of the master", t0, results, neigh, samples,
                            artifacts, record)
@@ -206,19 +217,14 @@ def test_standby_hands_over_without_a_failed_request(lab: Backend, topo: Topolog
                                                     record: Callable[..., None]) -> None:
     master = settle(lab, topo)
     peer = other(topo, master)
-    watch = NeighWatch(lab, topo.clients[0].name, str(topo.vip.address))
-    loop = prober(lab, topo, count=300)
-    sampler = VipSampler(lab)
-    try:
-        loop.read(30)
+
+    def standby() -> float:
         t0 = time.time()
         hb(lab, master, "standby")
         wait_until(lambda: vip_holders(lab) == [peer], 5, f"the VIP on {peer} after standby")
-        results = loop.finish()
-    finally:
-        loop.stop()
-        samples = sampler.stop()
-        neigh = watch.stop()
+        return t0
+
+    t0, results, samples, neigh = observe_failover(lab, topo, 300, standby)
     tl = failover_timeline(lab, topo, "graceful standby", t0, results, neigh, samples,
                            artifacts, record)
     assert_prober_fast_enough(lab, results, t0)
@@ -228,9 +234,10 @@ def test_standby_hands_over_without_a_failed_request(lab: Backend, topo: Topolog
     # never unowned; both only while the new master's VIP and the old one's overlap
     added = next(t for t in event_times(lab, peer, "heartbeat", "vip_added") if t >= t0)
     removed = next(t for t in event_times(lab, master, "heartbeat", "vip_removed") if t >= t0)
+    bound = OVERLAP_BOUND * lab.slowness
     record(check="failover", what="graceful standby: overlap",
-           overlap_ms=round((removed - added) * 1000, 1), bound_ms=round(OVERLAP_BOUND * 1000))
-    assert removed - added <= OVERLAP_BOUND * lab.slowness, tl.text()
+           overlap_ms=round((removed - added) * 1000, 1), bound_ms=round(bound * 1000))
+    assert removed - added <= bound, tl.text()
     seen = conclusive(samples)
     enough_samples(lab, seen)
     assert all(s.holders for s in seen), f"the VIP was unannounced at a sample\n{tl.text()}"
