@@ -8,6 +8,7 @@ web nodes' private addresses, health-checking nginx's ``/healthz``.
 
 from __future__ import annotations
 
+from heartbeat.fsm import Timers
 from lab.backend import HostPaths, ServiceSpec
 from lab.topology import Host, Topology
 from provision import web
@@ -71,7 +72,21 @@ def priority(topo: Topology, host: Host) -> int:
     return max(150 - 50 * order, 1)
 
 
-def heartbeat_toml(topo: Topology, host: Host, paths: HostPaths) -> str:
+def heartbeat_timers(slowness: float = 1.0) -> Timers:
+    """The heartbeat daemon's timers for a lab running ``slowness`` times slower than
+    the netns lab (Backend.slowness): its defaults, stretched by that factor. Under
+    software emulation a VM's tick, its `ip addr` and its scheduling take several times
+    longer; timers kept at the defaults there would see late heartbeats as a dead peer."""
+    d = Timers()
+
+    def ms(t: float) -> float:  # what the config holds: whole milliseconds
+        return round(t * slowness * 1000) / 1000
+
+    return Timers(keepalive=ms(d.keepalive), deadtime=ms(d.deadtime),
+                  warntime=ms(d.warntime), initdead=ms(d.initdead))
+
+
+def heartbeat_toml(topo: Topology, host: Host, paths: HostPaths, slowness: float = 1.0) -> str:
     nodes = ", ".join(f'"{d.name}"' for d in topo.directors)
     links = []
     for iface in host.interfaces:  # every network the directors share: redundant links
@@ -81,6 +96,10 @@ def heartbeat_toml(topo: Topology, host: Host, paths: HostPaths) -> str:
             links.append(f'[[links]]\nname = "{iface.network.name}"\nbind = "{iface.address}"\n'
                          f"peers = [{', '.join(f'{chr(34)}{a}{chr(34)}' for a in peers)}]\n")
     vip = f"{topo.vip.address}/{topo.vip.network.subnet.prefixlen}"
+    t = heartbeat_timers(slowness)
+    pace = "" if slowness == 1 else f"; the defaults x{slowness:g}, for this lab's pace"
+    ms = "\n".join(f"{k} = {round(getattr(t, k) * 1000)}"
+                   for k in ("keepalive", "deadtime", "warntime", "initdead"))
     return f"""\
 # halab heartbeat on {host.name}, rendered from lab/topology.yaml.
 # Validate with: halab-heartbeat --check -f {HEARTBEAT_CONFIG}
@@ -96,6 +115,9 @@ key_file = "{AUTHKEY}"
 port = {topo.ports.heartbeat}
 state_file = "{paths.state}/heartbeat.state"
 control_socket = "{heartbeat_socket(paths)}"
+
+[timers]  # milliseconds{pace}
+{ms}
 
 [vip]
 address = "{vip}"

@@ -100,9 +100,11 @@ def sysctl_file(host: Host) -> str:
 
 
 def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
-              python: str = "python3", user_keys: bool = False) -> HostPlan:
+              python: str = "python3", user_keys: bool = False,
+              slowness: float = 1.0) -> HostPlan:
     """Everything ``host`` needs; ``python`` is the interpreter with halab on that host;
-    ``user_keys``: its users keep their own authorized keys (see Backend.user_keys)."""
+    ``user_keys``: its users keep their own authorized keys (see Backend.user_keys);
+    ``slowness``: the lab's pace (Backend.slowness), which the heartbeat timers follow."""
     files = [
         File("/etc/hosts", hosts_file(topo, host)),
         File(SYSCTL_FILE, sysctl_file(host)),
@@ -130,7 +132,7 @@ def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
     if host.role is Role.DIRECTOR:
         files += [
             File(director.BALANCER_CONFIG, director.balancer_toml(topo, host, paths)),
-            File(director.HEARTBEAT_CONFIG, director.heartbeat_toml(topo, host, paths)),
+            File(director.HEARTBEAT_CONFIG, director.heartbeat_toml(topo, host, paths, slowness)),
             File(director.AUTHKEY, keys.cluster + "\n", 0o600),
         ]
         commands += [
@@ -193,7 +195,8 @@ def provision(backend: Backend) -> None:
     topo = backend.topology
     keys = lab_keys(backend)
     (backend.control_dir / "known_hosts").write_text(ssh.known_hosts(topo, keys.host_public))
-    plans = [plan_host(topo, h, backend.paths(h.name), keys, backend.python, backend.user_keys)
+    plans = [plan_host(topo, h, backend.paths(h.name), keys, backend.python, backend.user_keys,
+                       backend.slowness)
              for h in backend.hosts()]
     with ThreadPoolExecutor(max_workers=len(plans)) as pool:
         for future in [pool.submit(apply, backend, p) for p in plans]:

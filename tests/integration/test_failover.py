@@ -11,10 +11,11 @@ artifacts (JSON, text, PNG): the fault, the last heartbeat the survivor heard,
 its verdict, the VIP added, the client's ARP entry re-pointed, every failed
 request and the first success, every change the sampler saw, and the budget.
 
-Bounds come from the configured timers (``heartbeat.config`` defaults, which
-provision/ renders): a power loss is detected after ``deadtime`` and the VIP
-is up on the survivor a tick and an ``ip addr`` later; the client's outage
-adds at most one client timeout (a request caught mid-failover).
+Bounds come from the timers the directors run with (read back from their
+config: heartbeat's defaults, stretched by provision/ on a slower lab): a power
+loss is detected after ``deadtime`` and the VIP is up on the survivor a tick and
+an ``ip addr`` later; the client's outage adds at most one client timeout (a
+request caught mid-failover).
 """
 
 from __future__ import annotations
@@ -34,39 +35,39 @@ from lab.poll import wait_until
 from lab.timeline import NeighWatch, Timeline, event_times
 from lab.topology import Topology
 from lab.traffic import ClientLoop, VipSample, VipSampler, vip_holders
-from provision.director import AUTHKEY, HEARTBEAT_CONFIG, priority
+from provision.director import AUTHKEY, HEARTBEAT_CONFIG, heartbeat_timers, priority
 
 from .common import hb, other, vip_url
 from .common import hb_state as state
 
 pytestmark = pytest.mark.integration
 
-# the timers provision/ renders (heartbeat's defaults)
-TIMERS = Timers()
 CLIENT_TIMEOUT = 0.2  # the anchors' prober: 200 ms to connect
 PROBE_GAP_MS = 2.0  # a request every few ms: >= 100 per second
 MIN_PROBE_RATE = 100.0
 MIN_SAMPLES = 20  # conclusive VIP samples per failover
 MARGIN = 0.15  # scheduling noise on a loaded 2-core machine
-DETECT_BUDGET = TIMERS.deadtime + 0.01 + MARGIN  # deadtime + tick + ip addr, with margin
+TICK = 0.01  # the daemon's timer resolution
 
 
-def detect_budget(lab: Backend) -> float:
-    """The timers are the daemon's; the tick, the `ip addr` and the noise run at the
-    backend's pace (under software emulation several times slower)."""
-    return TIMERS.deadtime + (DETECT_BUDGET - TIMERS.deadtime) * lab.slowness
+def detect_budget(lab: Backend, timers: Timers) -> float:
+    """deadtime, then a tick and an `ip addr` (with margin) at the backend's pace (under
+    software emulation several times slower)."""
+    return timers.deadtime + (TICK + MARGIN) * lab.slowness
 # Graceful handover is make-before-break: the new master adds the VIP, then the old one
 # lets go when it hears of it (a heartbeat and an `ip addr`). For that moment both
 # announce it (both serve: the old one keeps the connections it has); it must be short.
 OVERLAP_BOUND = 0.05
 
 
-@pytest.fixture(autouse=True, scope="module")
-def rendered_timers(lab: Backend) -> None:
-    """The bounds below assume the timers the directors really run with."""
-    for d in lab.topology.directors:
-        cfg = hb_config.loads(lab.read_file(d.name, HEARTBEAT_CONFIG).decode())
-        assert cfg.timers == TIMERS
+@pytest.fixture(scope="module")
+def timers(lab: Backend) -> Timers:
+    """The timers the directors really run with (the bounds follow them): the same on
+    both, heartbeat's defaults stretched to the lab's pace."""
+    seen = {d.name: hb_config.loads(lab.read_file(d.name, HEARTBEAT_CONFIG).decode()).timers
+            for d in lab.topology.directors}
+    assert set(seen.values()) == {heartbeat_timers(lab.slowness)}, seen
+    return heartbeat_timers(lab.slowness)
 
 
 def settle(lab: Backend, topo: Topology) -> str:
@@ -177,14 +178,15 @@ def enough_samples(lab: Backend, seen: list[VipSample]) -> None:
     assert len(seen) >= want, f"only {len(seen)} conclusive VIP samples (want {want})"
 
 
-def test_power_loss_of_the_master(lab: Backend, topo: Topology, faults: Faults,
+def test_power_loss_of_the_master(lab: Backend, topo: Topology, faults: Faults, timers: Timers,
                                   artifacts: Path, record: Callable[..., None]) -> None:
     master = settle(lab, topo)
     survivor = other(topo, master)
+    budget = detect_budget(lab, timers)
 
     def power_loss() -> float:
         t0 = faults.inject(PowerLoss(master))
-        wait_until(lambda: state(lab, survivor) == "MASTER", detect_budget(lab) + 1,
+        wait_until(lambda: state(lab, survivor) == "MASTER", budget + 1,
                    f"{survivor} MASTER after the power loss of {master}")
         return t0
 
@@ -193,12 +195,12 @@ def test_power_loss_of_the_master(lab: Backend, topo: Topology, faults: Faults,
     tl = failover_timeline(lab, topo, "power loss of the master", t0, results, neigh, samples,
                            artifacts, record)
     took = [t for t in event_times(lab, survivor, "heartbeat", "vip_added") if t >= t0]
-    assert took and took[0] - t0 <= detect_budget(lab), f"VIP up after {took[0] - t0:.3f} s\n" \
+    assert took and took[0] - t0 <= budget, f"VIP up after {took[0] - t0:.3f} s\n" \
         + tl.text()
     assert "arp_seen_by_client_ms" in tl.measured, tl.text()
     assert_prober_fast_enough(lab, results, t0)
     out = ClientLoop.outage(results, t0)
-    assert out <= detect_budget(lab) + CLIENT_TIMEOUT, f"outage {out:.3f} s\n" + tl.text()
+    assert out <= budget + CLIENT_TIMEOUT, f"outage {out:.3f} s\n" + tl.text()
     assert all(r.get("status") == 200 for r in results[-20:])
     # the VIP: the master's before the fault, nobody's until the survivor took it, then
     # the survivor's at every sample; never two
@@ -208,7 +210,8 @@ def test_power_loss_of_the_master(lab: Backend, topo: Topology, faults: Faults,
     assert all(s.holders == (master,) for s in seen if s.end < t0), tl.text()
     assert all(s.holders == (survivor,) for s in seen if s.t > took[0]), tl.text()
     # auto_failback is off: the old master comes back as BACKUP, the VIP stays
-    wait_until(lambda: state(lab, master) == "BACKUP", 10, f"{master} back as BACKUP")
+    wait_until(lambda: state(lab, master) == "BACKUP", 10 * lab.slowness,
+               f"{master} back as BACKUP")
     assert vip_holders(lab) == [survivor]
 
 
@@ -221,7 +224,8 @@ def test_standby_hands_over_without_a_failed_request(lab: Backend, topo: Topolog
     def standby() -> float:
         t0 = time.time()
         hb(lab, master, "standby")
-        wait_until(lambda: vip_holders(lab) == [peer], 5, f"the VIP on {peer} after standby")
+        wait_until(lambda: vip_holders(lab) == [peer], 5 * lab.slowness,
+                   f"the VIP on {peer} after standby")
         return t0
 
     t0, results, samples, neigh = observe_failover(lab, topo, 300, standby)
@@ -259,7 +263,7 @@ def test_standby_hands_over_without_a_failed_request(lab: Backend, topo: Topolog
         rules = lab.run(peer, ["iptables-save"]).text + lab.run(peer, ["ip", "rule"]).text
         return "HALAB-HANDOVER" not in rules and "fwmark" not in rules and not on_lo()
 
-    wait_until(clean, window + 2, "handover rules and the draining VIP gone")
+    wait_until(clean, window + 2 * lab.slowness, "handover rules and the draining VIP gone")
 
 
 def test_dead_balancer_on_the_master_fails_over(lab: Backend, topo: Topology,
@@ -268,14 +272,16 @@ def test_dead_balancer_on_the_master_fails_over(lab: Backend, topo: Topology,
     peer = other(topo, master)
     fault = SignalService(master, service="balancer", signal="KILL")
     faults.inject(fault)
-    wait_until(lambda: vip_holders(lab) == [peer], 3, f"the VIP on {peer}")
+    wait_until(lambda: vip_holders(lab) == [peer], 3 * lab.slowness, f"the VIP on {peer}")
     assert state(lab, master) == "FAULT"
     faults.heal(fault)
-    wait_until(lambda: state(lab, master) == "BACKUP", 5, f"{master} BACKUP again")
+    wait_until(lambda: state(lab, master) == "BACKUP", 5 * lab.slowness,
+               f"{master} BACKUP again")
     assert lab.run(topo.clients[0].name, ["curl", "-sf", vip_url(topo)]).ok
 
 
-def test_one_link_cut_is_no_failover(lab: Backend, topo: Topology, faults: Faults) -> None:
+def test_one_link_cut_is_no_failover(lab: Backend, topo: Topology, faults: Faults,
+                                     timers: Timers) -> None:
     master = settle(lab, topo)
     peer = other(topo, master)
     fault = CutLinks(master, networks=("private",))
@@ -286,9 +292,9 @@ def test_one_link_cut_is_no_failover(lab: Backend, topo: Topology, faults: Fault
         assert isinstance(st, dict)
         return st["peers"][0]["links"]["private"] == "down"
 
-    wait_until(private_down, 3, f"{peer} seeing the private link down")
+    wait_until(private_down, 3 * lab.slowness, f"{peer} seeing the private link down")
     # Nothing may happen for a while: this wait is the behaviour under test.
-    time.sleep(3 * TIMERS.deadtime)
+    time.sleep(3 * timers.deadtime)
     assert vip_holders(lab) == [master]
     assert state(lab, peer) == "BACKUP"
     faults.heal(fault)
@@ -299,16 +305,17 @@ def test_one_link_cut_is_no_failover(lab: Backend, topo: Topology, faults: Fault
 
 
 def test_all_links_cut_then_healed_leaves_one_owner(lab: Backend, topo: Topology,
-                                                    faults: Faults) -> None:
+                                                    faults: Faults, timers: Timers) -> None:
     master = settle(lab, topo)
     peer = other(topo, master)
     fault = CutLinks(master)
     faults.inject(fault)
     # documented split brain: cut off, both believe they are alone
-    wait_until(lambda: state(lab, peer) == "MASTER", detect_budget(lab) + 1, f"{peer} MASTER")
+    wait_until(lambda: state(lab, peer) == "MASTER", detect_budget(lab, timers) + 1,
+               f"{peer} MASTER")
     assert state(lab, master) == "MASTER"
     faults.heal(fault)
-    healed = wait_until(lambda: len(vip_holders(lab)) == 1, TIMERS.keepalive * 2 + 1,
+    healed = wait_until(lambda: len(vip_holders(lab)) == 1, timers.keepalive * 2 + lab.slowness,
                         "a single VIP owner after the heal")
     assert healed
     owner = vip_holders(lab)[0]
@@ -316,7 +323,7 @@ def test_all_links_cut_then_healed_leaves_one_owner(lab: Backend, topo: Topology
     assert owner == best  # the higher priority keeps it
     # its balancer saw the web nodes vanish with the links: they rejoin after `rise` checks
     wait_until(lambda: lab.run(topo.clients[0].name, ["curl", "-sf", vip_url(topo)],
-                               check=False).ok, 5, "service through the VIP again")
+                               check=False).ok, 5 * lab.slowness, "service through the VIP again")
 
 
 def test_forged_and_replayed_packets_are_counted_and_ignored(lab: Backend,
@@ -347,7 +354,7 @@ def test_forged_and_replayed_packets_are_counted_and_ignored(lab: Backend,
                        "dropped_truncated", "dropped_oversized")}
         return d if all(d.values()) else None
 
-    seen = wait_until(counted, 3, "every bad packet counted")
+    seen = wait_until(counted, 3 * lab.slowness, "every bad packet counted")
     assert seen == {"event_replay": 1, "dropped_bad_mac": 1, "dropped_wrong_cluster": 1,
                     "dropped_truncated": 1, "dropped_oversized": 1}
     assert state(lab, master) == "MASTER" and vip_holders(lab) == [master]
@@ -383,20 +390,25 @@ def test_lost_ping_node_gives_the_vip_away_and_runs_hooks(lab: Backend, topo: To
         refreshed = original.replace("[vip]\n", "[vip]\nrefresh = 100\n")
         lab.put_file(master, HEARTBEAT_CONFIG, refreshed + extra)
         lab.run(master, ["kill", "-HUP", str(pid)])
-        wait_until(lambda: "event=reloaded" in lab.log_text(master, "heartbeat"), 5, "the reload")
+        wait_until(lambda: "event=reloaded" in lab.log_text(master, "heartbeat"),
+                   5 * lab.slowness, "the reload")
         # the master announces the VIP again every `refresh` (gratuitous ARP)
         sent = garps(lab, master)
-        wait_until(lambda: garps(lab, master) >= sent + 3, 2, "periodic announcements")
+        wait_until(lambda: garps(lab, master) >= sent + 3, 2 * lab.slowness,
+                   "periodic announcements")
         faults.inject(cut)
-        wait_until(lambda: vip_holders(lab) == [peer], 6, f"the VIP on {peer}")
+        wait_until(lambda: vip_holders(lab) == [peer], 6 * lab.slowness,
+                   f"the VIP on {peer}")
         assert state(lab, master) == "FAULT"
         # resources stop right to left, then the fault hook runs
         wait_until(lambda: lab.read_file(master, hook_file).decode().split()
-                   == ["stop2", "stop1", "FAULT"], 3, "stop order and the fault hook")
+                   == ["stop2", "stop1", "FAULT"], 3 * lab.slowness,
+                   "stop order and the fault hook")
         faults.heal(cut)
-        wait_until(lambda: state(lab, master) == "BACKUP", 6, f"{master} BACKUP again")
+        wait_until(lambda: state(lab, master) == "BACKUP", 6 * lab.slowness,
+                   f"{master} BACKUP again")
         wait_until(lambda: lab.read_file(master, hook_file).decode().split()[-1:] == ["BACKUP"],
-                   3, "the backup hook")
+                   3 * lab.slowness, "the backup hook")
         assert "start1" not in lab.read_file(master, hook_file).decode()  # not master again
     finally:
         faults.heal_all()
@@ -435,7 +447,7 @@ def test_multicast_link(lab: Backend, topo: Topology) -> None:
                     return False
             return True
 
-        wait_until(both_links_up, 5, "both links up, the private one over multicast")
+        wait_until(both_links_up, 5 * lab.slowness, "both links up, the private one over multicast")
         private = topo.directors[0].interface("private")
         assert private is not None
         joined = lab.run(directors[0], ["ip", "maddr", "show", "dev", private.name]).text

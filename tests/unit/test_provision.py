@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from heartbeat.fsm import Timers
 from lab import topology as t
 from lab.backend import HostPaths
 from provision import host as ph
@@ -67,6 +68,21 @@ def test_heartbeat_config_from_topology() -> None:
         ("private", "198.18.0.11", ("198.18.0.12",))]
     assert c1.tracks[0].tcp == ("198.18.0.12", 80)
     assert c0.port == TOPO.ports.heartbeat
+    assert c0.timers == Timers()  # the netns lab runs heartbeat's defaults
+
+
+def test_heartbeat_timers_follow_the_labs_pace() -> None:
+    """Under software emulation (Backend.slowness 5) every timer is five times longer,
+    and the rendered file still validates."""
+    from heartbeat import config
+
+    slow = ph.plan_host(TOPO, TOPO.hosts["dir0"], paths("dir0"), KEYS, slowness=5.0)
+    text = {f.path: f for f in slow.files}["/etc/halab/heartbeat.toml"].content
+    d = Timers()
+    assert config.loads(text).timers == Timers(keepalive=5 * d.keepalive,
+                                               deadtime=5 * d.deadtime,
+                                               warntime=5 * d.warntime,
+                                               initdead=5 * d.initdead)
 
 def test_balancer_config_from_topology() -> None:
     from balancer import config
