@@ -90,6 +90,9 @@ class VagrantBackend(Backend):
         self.slowness = 5.0 if self.driver == "qemu" else 1.0
         self._conns: dict[str, Any] = {}
         self._lock = threading.Lock()
+        # hosts this backend powered off: a command there fails at once, as it would on
+        # a host whose power is gone (not after SSH's timeouts on a dead connection)
+        self._off: set[str] = set()
 
     # vagrant and virsh ---------------------------------------------------------
 
@@ -328,6 +331,8 @@ class VagrantBackend(Backend):
     ) -> Result:
         if input is not None:
             raise HalabError("the vagrant backend passes no input to commands")
+        if host in self._off:
+            raise HalabError(f"{host}: `{' '.join(argv)}`: the host is powered off")
         conn = self.connection(host)
         try:
             res = conn.run("sudo -n -- " + shlex.join(argv), hide=True, warn=True,
@@ -437,12 +442,14 @@ class VagrantBackend(Backend):
     def power_off(self, host: str) -> None:
         """A hard power-off of the domain: no process gets to say goodbye."""
         self.virsh("destroy", self.domain(host))
-        self._close(host)
+        self._off.add(host)
+        self._close(host)  # a command still waiting on the dead connection fails now
 
     def power_on(self, host: str) -> None:
         """Boot again; return once systemd says the boot is done (the units that were
         enabled, halab's among them, are up)."""
         self.virsh("start", self.domain(host))
+        self._off.discard(host)
         deadline = time.monotonic() + 900
         while True:
             try:
