@@ -142,6 +142,12 @@ class Backend(abc.ABC):
     def put_file(self, host: str, path: str, content: bytes | str, mode: int = 0o644) -> None:
         """Write a file on ``host`` (parents are created)."""
 
+    def put_files(self, host: str, files: Sequence[tuple[str, bytes | str, int]]) -> None:
+        """Write several files (path, content, mode) on ``host``; a backend whose every
+        command is a round trip sends them in one go."""
+        for path, content, mode in files:
+            self.put_file(host, path, content, mode)
+
     @abc.abstractmethod
     def read_file(self, host: str, path: str) -> bytes:
         """Read a file as ``host`` sees it."""
@@ -174,18 +180,27 @@ class Backend(abc.ABC):
     def enable_at_boot(self, host: str, unit: str) -> None:
         """Have a unit of provision/units run at every boot of ``host``."""
 
-    def require_programs(self, programs: Sequence[str]) -> None:
-        """Every host has ``programs``; missing ones are installed with apt (a host
-        without the packages baked in, where a mirror is reachable)."""
+    # Whether ``up()`` provisions the hosts itself (Vagrant's triggers do, each VM as it
+    # comes up); otherwise ``halab up`` provisions once ``up()`` returns.
+    up_provisions: bool = False
+
+    def prepare(self, hosts: Sequence[str]) -> None:  # noqa: B027 (most need nothing)
+        """Before provisioning: make halab itself runnable on ``hosts`` (its Python
+        package installed). Nothing to do where the hosts share this machine's."""
+
+    def require_programs(self, programs: Sequence[str], hosts: Sequence[str] | None = None
+                         ) -> None:
+        """Every host (or those named) has ``programs``; missing ones are installed with
+        apt (a host without the packages baked in, where a mirror is reachable)."""
         from lab.system import PACKAGES
 
-        for h in self.hosts():
+        for h in hosts or [h.name for h in self.hosts()]:
             check = " ".join(f"command -v {p} >/dev/null || echo {p};" for p in programs)
-            missing = self.run(h.name, ["sh", "-c", check], timeout=60).text.split()
+            missing = self.run(h, ["sh", "-c", check], timeout=60).text.split()
             if missing:
                 pkgs = sorted({w for p in missing for w in PACKAGES.get(p, p).split()})
-                self.run(h.name, ["sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get update "
-                                  "-qq && apt-get install -y -qq " + " ".join(pkgs)],
+                self.run(h, ["sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get update "
+                             "-qq && apt-get install -y -qq " + " ".join(pkgs)],
                          timeout=900)
 
     def log_text(self, host: str, name: str) -> str:

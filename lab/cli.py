@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("up", help="create the hosts and networks, provision them (idempotent)")
     sub.add_parser("down", help="stop everything and remove every trace of the lab")
+    pv = sub.add_parser("provision", help="provision the hosts that are up again, or those "
+                        "named (idempotent; Vagrant's trigger runs it per VM)")
+    pv.add_argument("--host", action="append", dest="hosts", metavar="HOST",
+                    help="only this host (repeatable)")
     st = sub.add_parser("status", help="hosts, addresses and services")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     ck = sub.add_parser("check", help="validate a topology file and exit")
@@ -56,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="show the lab working: status, then the curl loop through it")
     sub.add_parser("ssh-config", help="print an ssh_config for every host "
                    "(ssh -F <(halab ssh-config) dir0)")
+    vg = sub.add_parser("vagrant", help="run vagrant as halab does (--lab vagrant: libvirtd "
+                        "started, in its namespace): halab --lab vagrant vagrant -- up")
+    vg.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGS")
     bx = sub.add_parser("box", help="the Vagrant box: halab box build [--force]")
     bx.add_argument("action", choices=["build"])
     bx.add_argument("--force", action="store_true", help="rebuild even if it is cached")
@@ -71,7 +78,8 @@ def cmd_up(backend: Backend) -> None:
 
     t0 = time.monotonic()
     backend.up()
-    provision(backend)
+    if not backend.up_provisions:
+        provision(backend)
     render(gather(backend), console)
     console.print(f"lab {backend.topology.lab} is up ({time.monotonic() - t0:.1f} s)")
 
@@ -133,6 +141,21 @@ def dispatch(args: argparse.Namespace) -> int:
     backend = load_backend(args)
     if args.cmd == "up":
         cmd_up(backend)
+        return 0
+    if args.cmd == "vagrant":
+        from lab.backends.vagrant import VagrantBackend
+
+        if not isinstance(backend, VagrantBackend):
+            raise HalabError("`halab vagrant` needs --lab vagrant")
+        return backend.vagrant_interactive(args.argv[1:] if args.argv[:1] == ["--"]
+                                           else args.argv)
+    if args.cmd == "provision":
+        from provision import provision
+
+        t0 = time.monotonic()
+        provision(backend, args.hosts)
+        names = ", ".join(args.hosts or backend.topology.hosts)
+        console.print(f"provisioned {names} ({time.monotonic() - t0:.1f} s)")
         return 0
     if args.cmd == "down":
         backend.down()

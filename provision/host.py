@@ -14,14 +14,15 @@ Directors run halab's balancer and heartbeat.
 
 from __future__ import annotations
 
+import fcntl
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.backend import Backend, HostPaths, ServiceSpec
-from lab.errors import HalabError
 from lab.topology import Host, Role, Topology
 from provision import director, firewall, ssh, web
 
@@ -64,6 +65,7 @@ class LabKeys:
     operator: ssh.KeyPair
     host_public: Mapping[str, str]  # host name -> its host key's public line
     cluster: str = ""  # the heartbeat key shared by the directors
+    host_private: Mapping[str, str] = field(default_factory=dict)  # installed on each host
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
         File("/etc/ssh/ssh_config", ssh.ssh_config(host)),
         File("/etc/ssh/ssh_known_hosts", ssh.known_hosts(topo, keys.host_public)),
         File("/etc/ssh/authorized_keys/root", keys.operator.public),
+        File(ssh.HOST_KEY, keys.host_private[host.name], 0o600),
+        File(ssh.HOST_KEY + ".pub", keys.host_public[host.name]),
         File(ssh.IDENTITY, keys.operator.private, 0o600),
     ]
     commands: list[tuple[str, ...]] = [("sysctl", "-q", "-p", SYSCTL_FILE)]
@@ -146,8 +150,7 @@ def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
 
 
 def apply(backend: Backend, plan: HostPlan) -> None:
-    for f in plan.files:
-        backend.put_file(plan.host, f.path, f.content, f.mode)
+    backend.put_files(plan.host, [(f.path, f.content, f.mode) for f in plan.files])
     for argv in plan.commands:
         backend.run(plan.host, argv)
     for unit in plan.at_boot:
@@ -157,30 +160,38 @@ def apply(backend: Backend, plan: HostPlan) -> None:
 
 
 def lab_keys(backend: Backend) -> LabKeys:
-    """The operator key (kept on the controller) and every host's key (made if missing)."""
-    private = backend.control_dir / "operator_ed25519"
-    if private.exists():
-        operator = ssh.KeyPair(private.read_text(), private.with_suffix(".pub").read_text())
-    else:
-        operator = ssh.generate_keypair(f"halab-operator@{backend.topology.lab}")
-        backend.control_dir.mkdir(parents=True, exist_ok=True)
-        _write_private(private, operator.private)
-        private.with_suffix(".pub").write_text(operator.public)
+    """The lab's keys, all kept on the controller and made when missing: the operator
+    key, every host's SSH host key (so one host can be provisioned, its known_hosts
+    complete, before the others exist) and the directors' heartbeat key. Several
+    provisioning processes at once (one per VM, from Vagrant's triggers) take turns."""
+    backend.control_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(backend.control_dir / "keys.lock"):
+        operator = _keypair(backend.control_dir / "operator_ed25519",
+                            f"halab-operator@{backend.topology.lab}")
+        hosts = {h.name: _keypair(backend.control_dir / "host_keys" / f"{h.name}_ed25519",
+                                  f"root@{h.name}") for h in backend.hosts()}
+        cluster_file = backend.control_dir / "authkey"
+        if not cluster_file.exists():
+            _write_private(cluster_file, secrets.token_hex(32))
+        cluster = cluster_file.read_text().strip()
+    return LabKeys(operator, {h: k.public for h, k in hosts.items()}, cluster,
+                   {h: k.private for h, k in hosts.items()})
 
-    def host_key(host: Host) -> str:
-        try:
-            return backend.read_file(host.name, ssh.HOST_KEY + ".pub").decode()
-        except HalabError:
-            pair = ssh.generate_keypair(f"root@{host.name}")
-            backend.put_file(host.name, ssh.HOST_KEY, pair.private, 0o600)
-            backend.put_file(host.name, ssh.HOST_KEY + ".pub", pair.public)
-            return pair.public
 
-    cluster_file = backend.control_dir / "authkey"
-    if not cluster_file.exists():
-        _write_private(cluster_file, secrets.token_hex(32))
-    return LabKeys(operator, {h.name: host_key(h) for h in backend.hosts()},
-                   cluster_file.read_text().strip())
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _keypair(private: Path, comment: str) -> ssh.KeyPair:
+    if not private.exists():
+        pair = ssh.generate_keypair(comment)
+        private.parent.mkdir(parents=True, exist_ok=True)
+        private.with_suffix(".pub").write_text(pair.public)
+        _write_private(private, pair.private)  # last: its presence means both are there
+    return ssh.KeyPair(private.read_text(), private.with_suffix(".pub").read_text())
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -189,15 +200,17 @@ def _write_private(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def provision(backend: Backend) -> None:
-    """Make every host what its role says, in parallel."""
-    backend.require_programs(PROGRAMS)
+def provision(backend: Backend, hosts: Sequence[str] | None = None) -> None:
+    """Make every host (or those named) what its role says, in parallel."""
+    names = [backend.host(h).name for h in hosts] if hosts else [h.name for h in backend.hosts()]
+    backend.prepare(names)
+    backend.require_programs(PROGRAMS, names)
     topo = backend.topology
     keys = lab_keys(backend)
     (backend.control_dir / "known_hosts").write_text(ssh.known_hosts(topo, keys.host_public))
-    plans = [plan_host(topo, h, backend.paths(h.name), keys, backend.python, backend.user_keys,
-                       backend.slowness)
-             for h in backend.hosts()]
+    plans = [plan_host(topo, topo.hosts[h], backend.paths(h), keys, backend.python,
+                       backend.user_keys, backend.slowness)
+             for h in names]
     with ThreadPoolExecutor(max_workers=len(plans)) as pool:
         for future in [pool.submit(apply, backend, p) for p in plans]:
             future.result()

@@ -258,7 +258,8 @@ class NetnsBackend(Backend):
         """The host's UTS namespace (its hostname), pinned by a bind mount."""
         return self.control_dir / "uts" / host
 
-    def require_programs(self, programs: Sequence[str]) -> None:
+    def require_programs(self, programs: Sequence[str], hosts: Sequence[str] | None = None
+                         ) -> None:
         require_programs(programs)  # the hosts share this machine's programs
 
     def enable_at_boot(self, host: str, unit: str) -> None:

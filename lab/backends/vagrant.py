@@ -7,9 +7,14 @@ management addresses through it (``ProxyCommand ip netns exec halabvm nc``),
 so nothing of the lab touches the root namespace.
 
 * ``up``: libvirtd, the box (built offline and registered when it changed), the
-  VMs (``vagrant up --parallel``), then halab itself in every VM: a wheelhouse
-  built from the checkout, installed into /opt/halab/venv with ``--no-index``
-  (the VMs have no internet), its programs linked into /usr/local/bin
+  VMs (``vagrant up --parallel``). The Vagrantfile's trigger provisions each VM
+  as soon as it is up, the same way under a plain ``vagrant up``: it records
+  how SSH reaches the VM (``.vagrant/halab/ssh/NAME.json``, from Vagrant's
+  ``ssh_info``) and runs ``halab --lab vagrant provision --host NAME``
+* ``prepare`` (before provisioning): halab itself in the VM, from a wheelhouse
+  built from the checkout (once for all VMs), installed into /opt/halab/venv
+  with ``--no-index`` (the VMs have no internet), its programs linked into
+  /usr/local/bin; the VM's clock set to follow this machine's
 * services are systemd units: halab's own from provision/units, others
   rendered from the service's argv (``halab-NAME.service``), sshd is the
   system's ssh.service with the lab's config; logs are the journal's
@@ -19,13 +24,16 @@ so nothing of the lab touches the root namespace.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Sequence
@@ -58,6 +66,17 @@ def vagrant_dir() -> Path:
                      "(or set HALAB_VAGRANT_DIR)")
 
 
+def source_digest(root: Path) -> str:
+    """What a wheel of the checkout at ``root`` is built from."""
+    h = hashlib.sha256()
+    files = [root / "pyproject.toml", *sorted(
+        f for pkg in ("lab", "provision", "balancer", "heartbeat")
+        for f in (root / pkg).rglob("*") if f.is_file() and "__pycache__" not in f.parts)]
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def render_unit(spec: ServiceSpec) -> str:
     """A unit for a foreground daemon that ships none of halab's own."""
     return (f"# halab: {spec.name}, rendered by the vagrant backend\n"
@@ -79,6 +98,7 @@ def unit_for(spec: ServiceSpec) -> tuple[str, str | None]:
 class VagrantBackend(Backend):
     kind = "vagrant"
     user_keys = True  # Vagrant logs in as its own user
+    up_provisions = True  # the Vagrantfile's trigger, each VM as it comes up
 
     def __init__(self, topology: Topology, root: Path | None = None) -> None:
         super().__init__(topology)
@@ -96,12 +116,24 @@ class VagrantBackend(Backend):
 
     # vagrant and virsh ---------------------------------------------------------
 
-    def vagrant(self, *args: str, timeout: float = 1800) -> str:
+    def _vagrant_env(self) -> dict[str, str]:
         e = vmhost.vm_env()
-        e.update(HALAB_VM_DRIVER=self.driver)
-        e["HALAB_TOPOLOGY"] = str(self.topology.source)
-        proc = subprocess.run(vmhost.command(["vagrant", *args]), cwd=self.root, env=e,
-                              capture_output=True, timeout=timeout, check=False)
+        e.update(HALAB_VM_DRIVER=self.driver, HALAB_TOPOLOGY=str(self.topology.source),
+                 HALAB_CLI=f"{sys.executable} -m lab.cli")  # what the trigger runs
+        return e
+
+    def vagrant_interactive(self, args: Sequence[str]) -> int:
+        """``vagrant ARGS`` with this terminal, libvirtd started (``vagrant up`` alone
+        yields a provisioned lab: the Vagrantfile's trigger)."""
+        vmhost.start(self.driver)
+        self._register_box()
+        return subprocess.run(vmhost.command(["vagrant", *args]), cwd=self.root,
+                              env=self._vagrant_env(), check=False).returncode
+
+    def vagrant(self, *args: str, timeout: float = 1800) -> str:
+        proc = subprocess.run(vmhost.command(["vagrant", *args]), cwd=self.root,
+                              env=self._vagrant_env(), capture_output=True, timeout=timeout,
+                              check=False)
         if proc.returncode != 0:
             tail = proc.stderr.decode(errors="replace").strip().splitlines()[-5:]
             raise HalabError(f"`vagrant {' '.join(args)}` failed (exit {proc.returncode}): "
@@ -133,17 +165,16 @@ class VagrantBackend(Backend):
 
     def up(self) -> None:
         vmhost.start(self.driver)
-        self.control_dir.mkdir(parents=True, exist_ok=True)
         self._register_box()
+        self._wheelhouse()  # once, before the VMs' provisioning runs want it
+        self.vagrant("up", "--parallel")  # each VM provisioned by the trigger
+
+    def prepare(self, hosts: Sequence[str]) -> None:
         wheels = self._wheelhouse()
-        self.vagrant("up", "--parallel")
-        self._write_ssh_config()
-        self._close_connections()
         clock = self._time_server()
         errors = []
-        with ThreadPoolExecutor(max_workers=len(self.topology.hosts)) as pool:
-            futures = {h: pool.submit(self._prepare, h, wheels, clock)
-                       for h in self.topology.hosts}
+        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            futures = {h: pool.submit(self._prepare, h, wheels, clock) for h in hosts}
             for host, future in futures.items():
                 try:
                     future.result()
@@ -153,6 +184,7 @@ class VagrantBackend(Backend):
             raise HalabError("; ".join(errors))
 
     def _register_box(self) -> None:
+        self.control_dir.mkdir(parents=True, exist_ok=True)
         if os.environ.get("HALAB_BOX", box.BOX_NAME) != box.BOX_NAME:
             return  # a box of the user's: Vagrant fetches it
         built = box.build()
@@ -171,12 +203,21 @@ class VagrantBackend(Backend):
         stamp.write_text(built.name)
 
     def _wheelhouse(self) -> Path:
-        """halab and what it needs from PyPI, as wheels (the VMs have no internet)."""
+        """halab and what it needs from PyPI, as wheels (the VMs have no internet),
+        rebuilt when the checkout's sources changed; one builder at a time."""
         wheels = self.control_dir / "wheels"
-        for old in wheels.glob("halab-*.whl"):
-            old.unlink()
-        run_local([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels),
-                   str(self.root)], timeout=600)
+        wheels.mkdir(parents=True, exist_ok=True)
+        with open(self.control_dir / "wheels.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            digest = source_digest(self.root)
+            stamp = wheels / "source.sha256"
+            if stamp.exists() and stamp.read_text() == digest:
+                return wheels
+            for old in wheels.glob("halab-*.whl"):
+                old.unlink()
+            run_local([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels),
+                       str(self.root)], timeout=600)
+            stamp.write_text(digest)
         return wheels
 
     def _prepare(self, host: str, wheels: Path, clock: str) -> None:
@@ -232,43 +273,57 @@ class VagrantBackend(Backend):
                     self.virsh("net-undefine", net, check=False)
         vmhost.stop()
         (self.control_dir / "ssh_config").unlink(missing_ok=True)
+        for f in (self.control_dir / "ssh").glob("*.json"):
+            f.unlink()
 
     # ssh ------------------------------------------------------------------------
 
-    def _write_ssh_config(self) -> None:
-        """Vagrant's ssh-config (the vagrant user, its key), through the namespace."""
-        raw = self.vagrant("ssh-config")
+    def _ssh_targets(self) -> dict[str, dict[str, Any]]:
+        """How SSH reaches each VM that is up, as the Vagrantfile's trigger recorded it
+        from Vagrant's ``ssh_info``: host, port, user, keys."""
+        found = {}
+        for h in self.topology.hosts:
+            f = self.control_dir / "ssh" / f"{h}.json"
+            if f.exists():
+                found[h] = json.loads(f.read_text())
+        return found
+
+    def _ssh_blocks(self, user: str | None, keys: Sequence[str], options: str,
+                    control: str, known_hosts: Path | None = None) -> str:
+        """One Host block per VM that is up, through the namespace. ``known_hosts``:
+        check the host key against the lab's (by the host's name), else not at all."""
         proxy = " ".join(vmhost.command(["nc", "%h", "%p"]))
-        out = []
-        for line in raw.splitlines():
-            out.append(line)
-            if line.startswith("Host "):
-                out += [f"  ProxyCommand {proxy}", "  ControlMaster auto",
-                        f"  ControlPath {self.control_dir}/cm-%h",
-                        f"  ControlPersist {SSH_PERSIST}", "  ServerAliveInterval 10"]
-        (self.control_dir / "ssh_config").write_text("\n".join(out) + "\n")
+        blocks = []
+        for h, t in self._ssh_targets().items():
+            check = (f"  StrictHostKeyChecking yes\n  UserKnownHostsFile {known_hosts}\n"
+                     f"  HostKeyAlias {h}\n" if known_hosts else
+                     "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")
+            blocks.append(
+                f"Host {h}\n  HostName {t['host']}\n  Port {t['port']}\n"
+                f"  User {user or t['user']}\n"
+                + "".join(f"  IdentityFile {k}\n" for k in (keys or t["keys"]))
+                + f"  IdentitiesOnly yes\n  PasswordAuthentication no\n{check}{options}"
+                f"  ProxyCommand {proxy}\n  ControlMaster auto\n"
+                f"  ControlPath {self.control_dir}/{control}-%h\n")
+        return "\n".join(blocks)
 
     def ssh_config_path(self) -> Path:
+        """An ssh_config for Vagrant's user (its key) on every VM that is up; rewritten
+        at each call, as VMs come up (the host keys are not the lab's until provisioned)."""
+        text = self._ssh_blocks(None, (), "  LogLevel FATAL\n  ServerAliveInterval 10\n"
+                                f"  ControlPersist {SSH_PERSIST}\n", "cm")
         path = self.control_dir / "ssh_config"
-        if not path.exists():
-            self._write_ssh_config()
+        tmp = path.with_name(f".ssh_config.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
         return path
 
     def ssh_config(self) -> str:
-        """Every host as root with the lab operator key (after provisioning), reached
-        on its management address through the namespace."""
-        key = self.control_dir / "operator_ed25519"
-        blocks = []
-        for block in self.ssh_config_path().read_text().split("Host ")[1:]:
-            name, _, rest = block.partition("\n")
-            lines = [ln for ln in rest.splitlines()
-                     if ln.strip().split(" ")[0] in ("HostName", "Port", "ProxyCommand")]
-            blocks.append(f"Host {name.strip()}\n" + "\n".join(lines) + "\n"
-                          f"  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n"
-                          f"  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
-                          f"  LogLevel ERROR\n  ControlMaster auto\n"
-                          f"  ControlPath {self.control_dir}/root-%h\n  ControlPersist 120\n")
-        return "\n".join(blocks)
+        """Every host as root with the lab operator key (after provisioning), its host
+        key checked against the lab's."""
+        return self._ssh_blocks("root", [str(self.control_dir / "operator_ed25519")],
+                                "  LogLevel ERROR\n  ControlPersist 120\n", "root",
+                                self.control_dir / "known_hosts")
 
     def connection(self, host: str) -> Any:
         """A fabric Connection to ``host`` (the vagrant user), kept open."""
@@ -278,6 +333,8 @@ class VagrantBackend(Backend):
         with self._lock:
             conn = self._conns.get(host)
             if conn is None:
+                if not (self.control_dir / "ssh" / f"{host}.json").exists():
+                    raise HalabError(f"{host}: no VM up (run `halab --lab vagrant up`)")
                 cfg = fabric.Config(runtime_ssh_path=str(self.ssh_config_path()))
                 # an SSH handshake under TCG, five at once, can take many seconds
                 wait = 30 * self.slowness
@@ -346,12 +403,23 @@ class VagrantBackend(Backend):
         return out
 
     def put_file(self, host: str, path: str, content: bytes | str, mode: int = 0o644) -> None:
-        data = content.encode() if isinstance(content, str) else content
-        conn = self.connection(host)
-        tmp = f"/tmp/.halab-{threading.get_ident()}-{os.path.basename(path)}"
-        conn.put(io.BytesIO(data), tmp)
-        self.run(host, ["install", "-D", "-m", f"{mode:o}", tmp, path])
-        self.run(host, ["rm", "-f", tmp])
+        self.put_files(host, [(path, content, mode)])
+
+    def put_files(self, host: str, files: Sequence[tuple[str, bytes | str, int]]) -> None:
+        """One tar archive (owner root, each file's mode), unpacked at / in one command:
+        every command is an SSH round trip (half a second under TCG)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for path, content, mode in files:
+                data = content.encode() if isinstance(content, str) else content
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+        buf.seek(0)
+        tmp = f"/tmp/.halab-{os.getpid()}-{threading.get_ident()}.tar"
+        self.connection(host).put(buf, tmp)
+        self.run(host, ["sh", "-c", f"tar -x --no-overwrite-dir -C / -f {tmp}; r=$?; "
+                                    f"rm -f {tmp}; exit $r"])
 
     def read_file(self, host: str, path: str) -> bytes:
         res = self.run(host, ["cat", path], check=False)
@@ -374,20 +442,34 @@ class VagrantBackend(Backend):
 
     def start_service(self, host: str, spec: ServiceSpec) -> ServiceState:
         unit, text = unit_for(spec)
-        if text is not None:
-            self.put_file(host, f"/etc/systemd/system/{unit}", text)
-            self.run(host, ["systemctl", "daemon-reload"])
-        self.put_file(host, f"{SERVICES_DIR}/{spec.name}", unit + "\n")
-        self.run(host, ["systemctl", "enable", "--quiet", "--no-reload", unit])
         # (re)start: the config was just written; a notify unit returns once ready
-        self.run(host, ["systemctl", "restart", unit], timeout=120)
+        self._install_unit(host, unit, text, f"systemctl restart {unit}",
+                           [(f"{SERVICES_DIR}/{spec.name}", unit + "\n", 0o644)])
         self._wait_ready(host, spec)
         return self._state(host, spec.name, unit)
 
     def enable_at_boot(self, host: str, unit: str) -> None:
-        self.put_file(host, f"/etc/systemd/system/{unit}", (UNITS / unit).read_text())
-        self.run(host, ["systemctl", "daemon-reload"])
-        self.run(host, ["systemctl", "enable", "--quiet", "--no-reload", unit])
+        self._install_unit(host, unit, (UNITS / unit).read_text())
+
+    def _install_unit(self, host: str, unit: str, text: str | None, then: str = "",
+                      files: Sequence[tuple[str, bytes | str, int]] = ()) -> None:
+        """Install ``unit`` (None: the system's own), enable it, run ``then``: in one
+        command, and without what costs seconds under TCG when nothing changed
+        (systemd's daemon-reload, `systemctl enable`)."""
+        path = f"/etc/systemd/system/{unit}"
+        staged = f"{SERVICES_DIR}/.{unit}.new"
+        script = ""
+        if text is not None:
+            files = [*files, (staged, text, 0o644)]
+            script = (f"if cmp -s {staged} {path}; then rm {staged}; "
+                      f"else mv {staged} {path} && systemctl daemon-reload; fi && ")
+        script += (f"{{ systemctl is-enabled -q {unit} || "
+                   f"systemctl enable -q --no-reload {unit}; }}")
+        if then:
+            script += f" && {then}"
+        if files:
+            self.put_files(host, files)
+        self.run(host, ["sh", "-c", script], timeout=120)
 
     def _wait_ready(self, host: str, spec: ServiceSpec) -> None:
         deadline = time.monotonic() + 60

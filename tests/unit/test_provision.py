@@ -15,6 +15,7 @@ KEYS = ph.LabKeys(
     operator=ssh.KeyPair("PRIVATE\n", "ssh-ed25519 OPERATOR halab-operator\n"),
     host_public={h: f"ssh-ed25519 KEY{h} root@{h}\n" for h in TOPO.hosts},
     cluster="0123456789abcdef0123456789abcdef",
+    host_private={h: f"PRIVATE KEY OF {h}\n" for h in TOPO.hosts},
 )
 
 
@@ -129,6 +130,9 @@ def test_ssh_keys_and_trust() -> None:
     f = files("dir1")
     assert f["/etc/ssh/authorized_keys/root"].content == KEYS.operator.public
     assert f[ssh.IDENTITY].mode == 0o600
+    # the host key is the lab's, made on the controller: known before the host is up
+    assert (f[ssh.HOST_KEY].content, f[ssh.HOST_KEY].mode) == ("PRIVATE KEY OF dir1\n", 0o600)
+    assert f[ssh.HOST_KEY + ".pub"].content == KEYS.host_public["dir1"]
     known = f["/etc/ssh/ssh_known_hosts"].content.splitlines()
     assert "dir0,dir0-public,203.0.113.11,dir0-private,198.18.0.11 ssh-ed25519 KEYdir0" in known
     assert len(known) == len(TOPO.hosts)
@@ -148,8 +152,8 @@ def test_files_are_written_before_commands_run() -> None:
     calls: list[str] = []
 
     class Recorder:
-        def put_file(self, host: str, path: str, content: str, mode: int) -> None:
-            calls.append(f"put {path}")
+        def put_files(self, host: str, files: list[tuple[str, str, int]]) -> None:
+            calls.extend(f"put {path}" for path, _, _ in files)
 
         def run(self, host: str, argv: tuple[str, ...]) -> None:
             calls.append(f"run {argv[0]}")
@@ -172,3 +176,19 @@ def test_the_boot_unit_restores_the_rendered_firewall_files() -> None:
     assert f"iptables-restore {ph.IPTABLES_FILE}" in unit
     assert f"ip6tables-restore {ph.IP6TABLES_FILE}" in unit
     assert "Before=network-pre.target" in unit
+
+
+def test_lab_keys_are_made_once_on_the_controller(tmp_path: Path) -> None:
+    """Every host's key exists before any host does; a second provisioning run (another
+    VM's trigger) finds the same keys."""
+    from lab.backends.netns import NetnsBackend
+
+    lab = NetnsBackend(TOPO)
+    lab.control_dir = tmp_path / "control"
+    first = ph.lab_keys(lab)
+    assert set(first.host_public) == set(first.host_private) == set(TOPO.hosts)
+    assert first.host_public["web0"].startswith("ssh-ed25519 ")
+    assert first.host_public["web0"].strip().endswith("root@web0")
+    assert "PRIVATE KEY" in first.host_private["web0"]
+    assert ph.lab_keys(lab) == first
+    assert (lab.control_dir / "host_keys" / "web0_ed25519").stat().st_mode & 0o777 == 0o600
