@@ -406,8 +406,9 @@ class VagrantBackend(Backend):
         self.put_files(host, [(path, content, mode)])
 
     def put_files(self, host: str, files: Sequence[tuple[str, bytes | str, int]]) -> None:
-        """One tar archive (owner root, each file's mode), unpacked at / in one command:
-        every command is an SSH round trip (half a second under TCG)."""
+        """One tar archive (owner root, each file's mode), unpacked at / in one command
+        (every command is an SSH round trip: half a second under TCG), then synced: a
+        power loss soon after must not leave them empty (ext4's delayed allocation)."""
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             for path, content, mode in files:
@@ -419,7 +420,7 @@ class VagrantBackend(Backend):
         tmp = f"/tmp/.halab-{os.getpid()}-{threading.get_ident()}.tar"
         self.connection(host).put(buf, tmp)
         self.run(host, ["sh", "-c", f"tar -x --no-overwrite-dir -C / -f {tmp}; r=$?; "
-                                    f"rm -f {tmp}; exit $r"])
+                                    f"rm -f {tmp}; sync; exit $r"])
 
     def read_file(self, host: str, path: str) -> bytes:
         res = self.run(host, ["cat", path], check=False)

@@ -98,7 +98,8 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Backend]:
     backend.up()
     for fault in Faults.recover(backend):  # an earlier run was killed mid-fault
         print(f"halab: healed {fault} left by an earlier run")
-    provision(backend)
+    if not backend.up_provisions:  # (Vagrant's trigger provisions each VM in up())
+        provision(backend)
     yield backend
     if not was_up and not request.config.getoption("--keep-lab"):
         backend.down()
