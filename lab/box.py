@@ -136,6 +136,17 @@ def configure(root: Path) -> str:
     # would otherwise reach the web nodes through the management network)
     (net / "10-mgmt.network").write_text(
         "[Match]\nName=eth0\n[Network]\nDHCP=ipv4\n[DHCPv4]\nUseGateway=false\n")
+    # A pulled cable must not take the lab's addresses away (systemd-networkd drops
+    # them on carrier loss by default; a server's static configuration keeps them): a
+    # drop-in for each file Vagrant writes for its private networks, in place before
+    # Vagrant writes them and restarts networkd (a live reconfigure later, under the
+    # lab's firewall, was seen to leave a VM unreachable).
+    for n in range(1, 9):
+        drop_in = net / f"50-vagrant-eth{n}.network.d"
+        drop_in.mkdir(exist_ok=True)
+        (drop_in / "halab.conf").write_text(
+            "# halab: keep the lab's addresses without carrier\n"
+            "[Network]\nConfigureWithoutCarrier=yes\nIgnoreCarrierLoss=yes\n")
     chroot(root, "systemctl", "enable", "systemd-networkd.service")
     chroot(root, "systemctl", "disable", "systemd-networkd-wait-online.service",
            "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer",
