@@ -247,6 +247,7 @@ class Daemon:
             t.cancel()
         self.cfg = new
         self.tasks = [self.loop.create_task(self.track(t)) for t in new.tracks]
+        self.perform(self.node.forget_tracks({t.name for t in new.tracks}, self.loop.time()))
         self.log.info("reloaded", priority=new.priority)
 
     # --- packets -------------------------------------------------------------------
@@ -286,10 +287,12 @@ class Daemon:
         for a in actions:
             if isinstance(a, fsm.Send):
                 self.send(a)
+            elif isinstance(a, fsm.PrepareHandover):
+                self.prepare_handover(a.peer)
             elif isinstance(a, fsm.TakeVip):
-                # forwarding is ready before the VIP is ours: the old master lets go
-                # of it as soon as our next heartbeat says we hold it
-                if a.handover_from is not None:
+                # forwarding is ready before the VIP is ours (prepared, normally): the
+                # old master lets go of it as soon as our next heartbeat says we hold it
+                if a.handover_from is not None and not self._fwd_on:
                     self.forward_to(a.handover_from)
                 self.take_vip()
             elif isinstance(a, fsm.Announce):
@@ -389,13 +392,28 @@ class Daemon:
 
     def forward_to(self, peer: str) -> None:
         """LVS-DR style: TCP packets to the VIP that belong to no connection known here
-        (mid-stream, not a SYN) are routed to ``peer`` over the handover link.
-
-        Set up in three commands (conntrack, one iptables-restore, one ip batch): this
-        runs on the event loop between a takeover and its first heartbeat, and every
-        process costs ~0.1 s on an emulated VM; eleven of them once outlasted deadtime
-        there, and the standing-by master gave up on us."""
+        (mid-stream, not a SYN) are routed to ``peer`` over the handover link. Here at
+        once, on the event loop (see prepare_handover for the usual way)."""
         addr = self.cfg.peer_address(peer, self.cfg.handover_link)
+        self._handover_ready(peer, addr, self._handover_setup(addr))
+
+    def prepare_handover(self, peer: str) -> None:
+        """The forwarding for a graceful takeover, set up in a worker thread while this
+        node, still BACKUP, keeps sending heartbeats: each command costs ~0.1 s on an
+        emulated VM, and a takeover that blocked the loop for them outlasted deadtime
+        there (the standing-by master gave up on us). The FSM hears when it is ready."""
+        addr = self.cfg.peer_address(peer, self.cfg.handover_link)
+        job = self.loop.run_in_executor(None, self._handover_setup, addr)
+
+        def done(f: asyncio.Future[str | None]) -> None:
+            self._handover_ready(peer, addr, f.result())
+            self.perform(self.node.handover_prepared(peer, self.loop.time()))
+
+        job.add_done_callback(done)
+
+    def _handover_setup(self, addr: str) -> str | None:
+        """The commands of the forwarding (three: conntrack, one iptables-restore, one
+        ip batch); returns what failed, or None."""
         m, t, c, vip = HANDOVER_MARK, HANDOVER_TABLE, HANDOVER_CHAIN, f"{self.cfg.vip.ip}/32"
         unknown = "-p tcp ! --syn -m conntrack --ctstate NEW,INVALID"
         # Connections this node once had to the VIP (an earlier time as master) may
@@ -413,19 +431,24 @@ class Daemon:
         routes = (f"route replace default via {addr} table {t}\n"
                   f"rule add pref 10 fwmark {m} lookup {t}\n"
                   "rule add pref 20 lookup local\nrule del pref 0 lookup local\n")
-        self._fwd_on = True  # whatever part of it is set up, a stop undoes
         for argv, data in ((("iptables-restore", "--noflush"), rules),
                            (("ip", "-batch", "-"), routes)):
             res = self._run(*argv, input=data.encode())
             if res.returncode != 0:
-                self.log.error("handover_setup_failed", argv=" ".join(argv),
-                               reason=res.stderr.decode().strip())
-                self._fwd_on = False  # how far it got is unknown: undo rule by rule
-                self.stop_forwarding(quiet=True, leftovers=True)
-                return
+                return f"{' '.join(argv)}: {res.stderr.decode().strip()}"
+        return None
+
+    def _handover_ready(self, peer: str, addr: str, error: str | None) -> None:
+        if error is not None:
+            self.log.error("handover_setup_failed", reason=error)
+            self.stop_forwarding(quiet=True, leftovers=True)  # how far it got: unknown
+            return
+        self._fwd_on = True
         self._forwarding(True)
         self.log.warning("handover_forwarding", peer=peer, via=addr,
                          window_s=self.cfg.handover_window)
+        if self._fwd_handle is not None:
+            self._fwd_handle.cancel()
         self._fwd_handle = self.loop.call_later(self.cfg.handover_window, self.stop_forwarding)
 
     def _forwarding(self, on: bool) -> None:
@@ -518,13 +541,12 @@ class Daemon:
             if ok:
                 oks, fails = oks + 1, 0
                 if oks == t.rise:
-                    self.perform(self.node.track(True, f"{t.name}: {reason}", self.loop.time()))
+                    self.perform(self.node.track(t.name, True, reason, self.loop.time()))
             else:
                 fails, oks = fails + 1, 0
                 if fails == t.fall:
                     self.log.warning("track_failed", track=t.name, reason=reason)
-                    self.perform(self.node.track(False, f"{t.name}: {reason}",
-                                                 self.loop.time()))
+                    self.perform(self.node.track(t.name, False, reason, self.loop.time()))
             await asyncio.sleep(t.interval)
 
     async def check(self, t: config.Track) -> tuple[bool, str]:

@@ -33,12 +33,16 @@ Rules, checked on every event:
 4. standby (``hbctl standby``, SIGTERM): a MASTER keeps the VIP and sets the
    STANDBY flag; it lets go only when a peer has become MASTER (so the VIP is
    never unowned), or after ``deadtime`` with no eligible peer (then it stays).
-   The peer takes over "from" it (TakeVip.handover_from) and the old master
+   The peer first prepares, still BACKUP and still sending its heartbeats
+   (PrepareHandover: the forwarding below, which takes a while on a slow host;
+   the daemon reports ``handover_prepared``), then takes over "from" it
+   (TakeVip.handover_from) and the old master
    releases with ``drain``: LVS-DR style, the new master passes packets of
    connections it does not know to the old one, which keeps the VIP as a silent
    local address until they are done: no open connection is reset.
 5. a failed tracked resource: MASTER/BACKUP -> FAULT (release, flag peers);
-   recovered -> BACKUP.
+   -> BACKUP once every failed resource recovered (one that recovers, or a
+   check that starts afresh, says nothing about another that is still down).
 6. auto_failback is off: a better node that comes back stays BACKUP while a
    master is alive (unless ``preempt``).
 """
@@ -106,7 +110,16 @@ class Event:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Action = Send | TakeVip | ReleaseVip | Announce | StartResources | StopResources | Event
+@dataclass(frozen=True)
+class PrepareHandover:
+    """``peer`` hands the VIP over: set up passing its connections' packets back to it,
+    while still BACKUP; report with ``Node.handover_prepared``."""
+
+    peer: str
+
+
+Action = (Send | TakeVip | ReleaseVip | Announce | StartResources | StopResources | Event
+          | PrepareHandover)
 
 
 # --- peers ---------------------------------------------------------------------------
@@ -150,6 +163,9 @@ class Node:
         self.flags = 0
         self.standby_since: float | None = None
         self.fault_reason: str | None = None
+        self.failed_tracks: dict[str, str] = {}  # tracked resource -> why it failed
+        self.preparing: str | None = None  # a handover from this peer is being prepared
+        self.prepared: str | None = None  # ... and is ready
         self.next_send = now
 
     # --- helpers ---------------------------------------------------------------------
@@ -257,12 +273,33 @@ class Node:
             out.append(Event("link_up", {"peer": p.name, "link": link}))
         p.links[link] = now
 
-    def track(self, ok: bool, reason: str, now: float) -> list[Action]:
-        """A tracked resource's status (e.g. the balancer answers)."""
-        if not ok and self.state is not State.FAULT and self.state is not State.STOPPED:
-            self.fault_reason = reason
-            return self._go(State.FAULT, now, f"resource failed: {reason}") + self._decide(now)
-        if ok and self.state is State.FAULT:
+    def track(self, name: str, ok: bool, reason: str, now: float) -> list[Action]:
+        """A tracked resource's status changed (e.g. the balancer answers again)."""
+        if not ok:
+            self.failed_tracks[name] = reason
+        else:
+            self.failed_tracks.pop(name, None)
+        return self._track_verdict(now)
+
+    def handover_prepared(self, peer: str, now: float) -> list[Action]:
+        """The daemon is ready to take over from ``peer`` (PrepareHandover done)."""
+        if self.preparing == peer:
+            self.preparing, self.prepared = None, peer
+        return self._decide(now)
+
+    def forget_tracks(self, keep: set[str], now: float) -> list[Action]:
+        """A reload dropped some tracked resources: their failures no longer count."""
+        for name in set(self.failed_tracks) - keep:
+            del self.failed_tracks[name]
+        return self._track_verdict(now)
+
+    def _track_verdict(self, now: float) -> list[Action]:
+        if self.failed_tracks and self.state not in (State.FAULT, State.STOPPED):
+            name, reason = next(iter(self.failed_tracks.items()))
+            self.fault_reason = f"{name}: {reason}"
+            return self._go(State.FAULT, now, f"resource failed: {self.fault_reason}") \
+                + self._decide(now)
+        if not self.failed_tracks and self.state is State.FAULT:
             self.fault_reason = None
             return self._go(State.BACKUP, now, "resources recovered") + self._decide(now)
         return []
@@ -311,8 +348,17 @@ class Node:
             if master is None and self.best_candidate(now):
                 leaving = [p.name for p in self.alive_peers(now)
                            if p.state is State.MASTER and p.leaving]
+                if leaving and self.prepared != leaving[0]:
+                    if self.preparing == leaving[0]:
+                        return []  # still preparing; our heartbeats go on meanwhile
+                    self.preparing = leaving[0]
+                    return [Event("handover_preparing", {"peer": leaving[0]}),
+                            PrepareHandover(leaving[0])]
+                self.preparing = self.prepared = None
                 return self._go(State.MASTER, now, self._why_no_master(now),
                                 handover_from=leaving[0] if leaving else None)
+            if master is not None:
+                self.preparing = self.prepared = None  # the handover was called off
             if master is not None and self.preempt and (self.priority, self.name) > (
                     master.priority, master.name):
                 self.flags |= FLAG_TAKEOVER

@@ -14,6 +14,7 @@ from heartbeat.fsm import (
     Announce,
     Event,
     Node,
+    PrepareHandover,
     ReleaseVip,
     Send,
     TakeVip,
@@ -37,6 +38,7 @@ class Sim:
     dup: float = 0.0
     seed: int = 0
     now: float = 0.0
+    prep_time: float = 0.01  # how long a node takes to prepare a handover (its commands)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -50,6 +52,7 @@ class Sim:
         self.counter = itertools.count()
         self.announces: list[tuple[float, str]] = []
         self.history: list[tuple[float, frozenset[str], bool]] = []
+        self.preparing: list[tuple[float, str, str]] = []  # (ready at, node, from peer)
 
     def apply(self, name: str, actions: list[object]) -> None:
         node = self.nodes[name]
@@ -71,6 +74,8 @@ class Sim:
                 self.vip.discard(name)
             elif isinstance(a, Announce):
                 self.announces.append((self.now, name))
+            elif isinstance(a, PrepareHandover):
+                self.preparing.append((self.now + self.prep_time, name, a.peer))
 
     def run(self, seconds: float) -> None:
         end = self.now + seconds
@@ -80,6 +85,11 @@ class Sim:
                 _, _, dst, link, hb = heapq.heappop(self.queue)
                 if self.powered[dst] and self.up[link]:
                     self.apply(dst, self.nodes[dst].receive(hb, link, self.now))
+            for ready in [p for p in self.preparing if p[0] <= self.now]:
+                self.preparing.remove(ready)
+                if self.powered[ready[1]]:
+                    self.apply(ready[1], self.nodes[ready[1]].handover_prepared(ready[2],
+                                                                                self.now))
             for name, node in self.nodes.items():
                 if self.powered[name]:
                     self.apply(name, node.tick(self.now))
@@ -178,13 +188,46 @@ def test_fault_hands_over_at_once() -> None:
     sim = Sim(["dir0", "dir1"], {"dir0": 150, "dir1": 100})
     sim.run(1.5)
     t0 = sim.now
-    sim.apply("dir0", sim.nodes["dir0"].track(False, "balancer down", sim.now))
+    sim.apply("dir0", sim.nodes["dir0"].track("balancer", False, "down", sim.now))
     sim.run(0.05)
     assert sim.masters() == {"dir1"} and sim.nodes["dir0"].state is State.FAULT
     assert next(t for t, vip, _ in sim.history if t > t0 and vip == {"dir1"}) - t0 < 0.01
-    sim.apply("dir0", sim.nodes["dir0"].track(True, "ok", sim.now))
+    sim.apply("dir0", sim.nodes["dir0"].track("balancer", True, "ok", sim.now))
     sim.run(0.2)
     assert sim.nodes["dir0"].state is State.BACKUP and sim.masters() == {"dir1"}
+
+
+def test_fault_lasts_while_any_tracked_resource_is_down() -> None:
+    """Seen on the VMs: a ping node lost, then the balancer check (restarted by a
+    reload) reported its first successes, and the node left FAULT with the ping
+    node still unreachable."""
+    sim = Sim(["dir0", "dir1"], {"dir0": 150, "dir1": 100})
+    sim.run(1.5)
+    node = sim.nodes["dir0"]
+    sim.apply("dir0", node.track("internet", False, "exit 1", sim.now))
+    sim.apply("dir0", node.track("balancer", True, "tcp ok", sim.now))
+    sim.run(0.2)
+    assert node.state is State.FAULT and sim.masters() == {"dir1"}
+    assert node.status(sim.now)["fault"] == "internet: exit 1"
+    sim.apply("dir0", node.track("balancer", False, "refused", sim.now))
+    sim.apply("dir0", node.track("internet", True, "exit 0", sim.now))
+    sim.run(0.2)
+    assert node.state is State.FAULT  # the balancer is still down
+    sim.apply("dir0", node.track("balancer", True, "tcp ok", sim.now))
+    sim.run(0.2)
+    assert node.state is State.BACKUP
+
+
+def test_a_reload_that_drops_a_failed_track_ends_the_fault() -> None:
+    sim = Sim(["dir0", "dir1"], {"dir0": 150, "dir1": 100})
+    sim.run(1.5)
+    node = sim.nodes["dir0"]
+    sim.apply("dir0", node.track("internet", False, "exit 1", sim.now))
+    sim.run(0.1)
+    assert node.state is State.FAULT
+    sim.apply("dir0", node.forget_tracks({"balancer"}, sim.now))
+    sim.run(0.1)
+    assert node.state is State.BACKUP
 
 
 def test_replayed_heartbeat_is_reported() -> None:
@@ -252,6 +295,36 @@ def test_standby_hands_over_with_forwarding_and_drain() -> None:
     sim.power_off("dir1")
     sim.run(T.deadtime + 0.05)
     assert taken == [TakeVip(handover_from=None)]  # a dead peer has nothing to drain
+
+
+def test_a_slow_handover_preparation_still_hands_over_gracefully() -> None:
+    """Preparing takes longer than deadtime (seen on emulated VMs: its commands blocked
+    the daemon past deadtime and the standing-by master gave up): the candidate stays
+    BACKUP meanwhile and keeps its heartbeats going, the master keeps the VIP and waits,
+    then the VIP moves once, with forwarding and drain."""
+    sim = Sim(["dir0", "dir1"], {"dir0": 150, "dir1": 100}, prep_time=3 * T.deadtime)
+    sim.run(1.5)
+    events: list[str] = []
+    orig = sim.apply
+
+    def spy(name: str, actions: list[object]) -> None:
+        events.extend(f"{name}:{a.name}" for a in actions if isinstance(a, Event))
+        events.extend(f"{name}:{a!r}" for a in actions
+                      if isinstance(a, (TakeVip, ReleaseVip, PrepareHandover)))
+        orig(name, actions)
+
+    sim.apply = spy  # type: ignore[method-assign]
+    t0 = sim.now
+    sim.apply("dir0", sim.nodes["dir0"].standby(sim.now))
+    sim.run(2 * T.deadtime)  # still preparing
+    assert sim.vip == {"dir0"} and sim.nodes["dir1"].state is State.BACKUP
+    assert "dir0:standby_failed" not in events and "dir0:peer_dead" not in events
+    sim.run(2 * T.deadtime)
+    assert sim.vip == {"dir1"} and sim.masters() == {"dir1"}
+    assert all(vip for t, vip, _ in sim.history if t >= t0)
+    moves = [e for e in events if "Vip" in e or "Prepare" in e]
+    assert moves == ["dir1:PrepareHandover(peer='dir0')",
+                     "dir1:TakeVip(handover_from='dir0')", "dir0:ReleaseVip(drain=True)"]
 
 
 def test_preempt_takes_the_vip_from_a_lower_priority_master() -> None:
