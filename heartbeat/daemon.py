@@ -406,7 +406,11 @@ class Daemon:
         job = self.loop.run_in_executor(None, self._handover_setup, addr)
 
         def done(f: asyncio.Future[str | None]) -> None:
-            self._handover_ready(peer, addr, f.result())
+            try:
+                error = f.result()
+            except Exception as e:  # an OSError starting a command: still hand over
+                error = f"{type(e).__name__}: {e}"
+            self._handover_ready(peer, addr, error)
             self.perform(self.node.handover_prepared(peer, self.loop.time()))
 
         job.add_done_callback(done)
