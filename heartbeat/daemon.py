@@ -146,7 +146,7 @@ class Daemon:
         self.tasks: list[asyncio.Task[Any]] = []
         self._drain_handle: asyncio.TimerHandle | None = None
         self._fwd_handle: asyncio.TimerHandle | None = None
-        self._fwd_on = False  # forward_to set the handover up (stop_forwarding undoes it)
+        self._fwd_on = False  # prepare_handover set the forwarding up (stop_forwarding undoes it)
         self._commands: asyncio.Task[None] | None = None  # resources and hooks, in order
         self._next_refresh = 0.0
 
@@ -290,10 +290,8 @@ class Daemon:
             elif isinstance(a, fsm.PrepareHandover):
                 self.prepare_handover(a.peer)
             elif isinstance(a, fsm.TakeVip):
-                # forwarding is ready before the VIP is ours (prepared, normally): the
-                # old master lets go of it as soon as our next heartbeat says we hold it
-                if a.handover_from is not None and not self._fwd_on:
-                    self.forward_to(a.handover_from)
+                # a handover's forwarding was prepared before (PrepareHandover): the old
+                # master lets go of the VIP as soon as our next heartbeat says we hold it
                 self.take_vip()
             elif isinstance(a, fsm.Announce):
                 self.announce()
@@ -390,15 +388,11 @@ class Daemon:
         return sum(1 for ln in lines
                    if ln.split()[1].startswith(hexip + ":") and ln.split()[3] != "0A")
 
-    def forward_to(self, peer: str) -> None:
-        """LVS-DR style: TCP packets to the VIP that belong to no connection known here
-        (mid-stream, not a SYN) are routed to ``peer`` over the handover link. Here at
-        once, on the event loop (see prepare_handover for the usual way)."""
-        addr = self.cfg.peer_address(peer, self.cfg.handover_link)
-        self._handover_ready(peer, addr, self._handover_setup(addr))
-
     def prepare_handover(self, peer: str) -> None:
-        """The forwarding for a graceful takeover, set up in a worker thread while this
+        """LVS-DR style: TCP packets to the VIP that belong to no connection known here
+        (mid-stream, not a SYN) will be routed to ``peer`` over the handover link.
+
+        The forwarding for a graceful takeover, set up in a worker thread while this
         node, still BACKUP, keeps sending heartbeats: each command costs ~0.1 s on an
         emulated VM, and a takeover that blocked the loop for them outlasted deadtime
         there (the standing-by master gave up on us). The FSM hears when it is ready."""
@@ -461,7 +455,7 @@ class Daemon:
                 "1" if on else "0")
 
     def stop_forwarding(self, quiet: bool = False, leftovers: bool = False) -> None:
-        """Undo ``forward_to``: two commands when it was set up here, none when it was
+        """Undo ``prepare_handover``: two commands when it was set up here, none when it was
         not (a release after a plain failover). ``leftovers``: also when this process
         did not set it up (at start, after a crash), rule by rule."""
         if self._fwd_handle is not None:
