@@ -203,6 +203,11 @@ class Backend(abc.ABC):
                              "-qq && apt-get install -y -qq " + " ".join(pkgs)],
                          timeout=900)
 
+    def own_host_key(self, host: str) -> str | None:
+        """The host's own SSH host key (public half), which the lab keeps (real servers);
+        None: the lab gives the host a key of its own (netns hosts, VMs)."""
+        return None
+
     def log_text(self, host: str, name: str) -> str:
         """A service's log, read as the host sees it."""
         return self.read_file(host, str(self.service_log(host, name))).decode(errors="replace")

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="topology file (default: $HALAB_TOPOLOGY, else lab/topology.yaml)")
     p.add_argument("--lab", choices=KINDS, default=os.environ.get("HALAB_LAB", "netns"),
                    help="lab backend (default: $HALAB_LAB or netns)")
+    p.add_argument("--inventory", metavar="FILE", default=os.environ.get("HALAB_INVENTORY"),
+                   help="--lab ssh: how SSH reaches each host (default: $HALAB_INVENTORY)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     sub.add_parser("up", help="create the hosts and networks, provision them (idempotent)")
@@ -63,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     vg = sub.add_parser("vagrant", help="run vagrant as halab does (--lab vagrant: libvirtd "
                         "started, in its namespace): halab --lab vagrant vagrant -- up")
     vg.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGS")
+    iv = sub.add_parser("inventory", help="--lab vagrant: write an inventory for the ssh "
+                        "backend that reaches the VMs as Vagrant's user")
+    iv.add_argument("-o", "--output", metavar="FILE", help="write it here (default: stdout)")
     bx = sub.add_parser("box", help="the Vagrant box: halab box build [--force]")
     bx.add_argument("action", choices=["build"])
     bx.add_argument("--force", action="store_true", help="rebuild even if it is cached")
@@ -70,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_backend(args: argparse.Namespace) -> Backend:
-    return make_backend(args.lab, topo_mod.load(args.topology))
+    return make_backend(args.lab, topo_mod.load(args.topology), args.inventory)
 
 
 def cmd_up(backend: Backend) -> None:
@@ -149,6 +155,17 @@ def dispatch(args: argparse.Namespace) -> int:
             raise HalabError("`halab vagrant` needs --lab vagrant")
         return backend.vagrant_interactive(args.argv[1:] if args.argv[:1] == ["--"]
                                            else args.argv)
+    if args.cmd == "inventory":
+        from lab.backends.vagrant import VagrantBackend
+
+        if not isinstance(backend, VagrantBackend):
+            raise HalabError("`halab inventory` needs --lab vagrant")
+        text = backend.inventory_text()
+        if args.output:
+            Path(args.output).write_text(text)
+        else:
+            print(text, end="")
+        return 0
     if args.cmd == "provision":
         from provision import provision
 

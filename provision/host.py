@@ -115,10 +115,11 @@ def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
         File("/etc/ssh/ssh_config", ssh.ssh_config(host)),
         File("/etc/ssh/ssh_known_hosts", ssh.known_hosts(topo, keys.host_public)),
         File("/etc/ssh/authorized_keys/root", keys.operator.public),
-        File(ssh.HOST_KEY, keys.host_private[host.name], 0o600),
-        File(ssh.HOST_KEY + ".pub", keys.host_public[host.name]),
         File(ssh.IDENTITY, keys.operator.private, 0o600),
     ]
+    if host.name in keys.host_private:  # (a host that keeps its own key: no file)
+        files += [File(ssh.HOST_KEY, keys.host_private[host.name], 0o600),
+                  File(ssh.HOST_KEY + ".pub", keys.host_public[host.name])]
     commands: list[tuple[str, ...]] = [("sysctl", "-q", "-p", SYSCTL_FILE)]
     v4 = firewall.render_v4(topo, host)
     if v4 is not None:
@@ -162,20 +163,24 @@ def apply(backend: Backend, plan: HostPlan) -> None:
 def lab_keys(backend: Backend) -> LabKeys:
     """The lab's keys, all kept on the controller and made when missing: the operator
     key, every host's SSH host key (so one host can be provisioned, its known_hosts
-    complete, before the others exist) and the directors' heartbeat key. Several
-    provisioning processes at once (one per VM, from Vagrant's triggers) take turns."""
+    complete, before the others exist; a host that keeps its own, a real server's,
+    is asked for it) and the directors' heartbeat key. Several provisioning processes
+    at once (one per VM, from Vagrant's triggers) take turns."""
+    with ThreadPoolExecutor(max_workers=len(backend.topology.hosts)) as pool:
+        own = dict(zip(backend.topology.hosts,
+                       pool.map(backend.own_host_key, backend.topology.hosts), strict=True))
     backend.control_dir.mkdir(parents=True, exist_ok=True)
     with _locked(backend.control_dir / "keys.lock"):
         operator = _keypair(backend.control_dir / "operator_ed25519",
                             f"halab-operator@{backend.topology.lab}")
-        hosts = {h.name: _keypair(backend.control_dir / "host_keys" / f"{h.name}_ed25519",
-                                  f"root@{h.name}") for h in backend.hosts()}
+        made = {h: _keypair(backend.control_dir / "host_keys" / f"{h}_ed25519", f"root@{h}")
+                for h, key in own.items() if key is None}
         cluster_file = backend.control_dir / "authkey"
         if not cluster_file.exists():
             _write_private(cluster_file, secrets.token_hex(32))
         cluster = cluster_file.read_text().strip()
-    return LabKeys(operator, {h: k.public for h, k in hosts.items()}, cluster,
-                   {h: k.private for h, k in hosts.items()})
+    public = {h: key or made[h].public for h, key in own.items()}
+    return LabKeys(operator, public, cluster, {h: k.private for h, k in made.items()})
 
 
 @contextmanager

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from lab import inventory as inv_mod
 from lab import topology as topo_mod
 from lab.backend import Backend
-from lab.backends import KINDS, PLANNED, make_backend
+from lab.backends import KINDS, make_backend
 from lab.faults import Faults
 from lab.poll import wait_until
 from lab.traffic import vip_holders
@@ -32,8 +33,10 @@ from .common import REJOIN_BUDGET, wait_state
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("halab")
-    group.addoption("--lab", choices=KINDS + PLANNED, default=os.environ.get("HALAB_LAB", "netns"),
+    group.addoption("--lab", choices=KINDS, default=os.environ.get("HALAB_LAB", "netns"),
                     help="lab backend to test (default: $HALAB_LAB or netns)")
+    group.addoption("--inventory", default=os.environ.get(inv_mod.ENV),
+                    help="--lab ssh: how SSH reaches the hosts (default: $HALAB_INVENTORY)")
     group.addoption("--keep-lab", action="store_true",
                     help="leave the lab up after the session")
     group.addoption("--artifacts", default=os.environ.get("HALAB_ARTIFACTS", "artifacts"),
@@ -88,12 +91,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="session")
 def lab(request: pytest.FixtureRequest) -> Iterator[Backend]:
     kind = request.config.getoption("--lab")
-    if kind in PLANNED:
-        pytest.exit(f"--lab {kind}: that backend is not built yet (issue 6); "
-                    f"available: {', '.join(KINDS)}", returncode=2)
     if kind == "netns" and os.geteuid() != 0:
         pytest.fail("the netns lab needs root (it builds network namespaces)")
-    backend = make_backend(kind, topo_mod.load(os.environ.get("HALAB_TOPOLOGY")))
+    inventory = request.config.getoption("--inventory")
+    if inventory:  # the `halab` commands that tests run find it too
+        os.environ[inv_mod.ENV] = str(Path(inventory).resolve())
+    backend = make_backend(kind, topo_mod.load(os.environ.get("HALAB_TOPOLOGY")), inventory)
     was_up = backend.is_up()
     backend.up()
     for fault in Faults.recover(backend):  # an earlier run was killed mid-fault

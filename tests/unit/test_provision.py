@@ -192,3 +192,26 @@ def test_lab_keys_are_made_once_on_the_controller(tmp_path: Path) -> None:
     assert "PRIVATE KEY" in first.host_private["web0"]
     assert ph.lab_keys(lab) == first
     assert (lab.control_dir / "host_keys" / "web0_ed25519").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_host_that_keeps_its_own_host_key_is_asked_for_it(tmp_path: Path) -> None:
+    """Real servers (the ssh backend) keep their SSH identity: the lab reads their keys
+    into known_hosts and writes none of its own onto them."""
+    from lab.backends.netns import NetnsBackend
+
+    class Keeping(NetnsBackend):
+        def own_host_key(self, host: str) -> str | None:
+            return f"ssh-ed25519 OWN{host} root@{host}\n" if host != "client" else None
+
+    lab = Keeping(TOPO)
+    lab.control_dir = tmp_path / "control"
+    keys = ph.lab_keys(lab)
+    assert keys.host_public["dir0"] == "ssh-ed25519 OWNdir0 root@dir0\n"
+    assert set(keys.host_private) == {"client"}  # made for the one that keeps none
+    assert not (lab.control_dir / "host_keys" / "dir0_ed25519").exists()
+    f = {x.path: x for x in ph.plan_host(TOPO, TOPO.hosts["dir0"], paths("dir0"), keys).files}
+    assert ssh.HOST_KEY not in f and ssh.HOST_KEY + ".pub" not in f
+    assert "ssh-ed25519 OWNdir0" in f["/etc/ssh/ssh_known_hosts"].content
+    client = {x.path for x in ph.plan_host(TOPO, TOPO.hosts["client"], paths("client"),
+                                           keys).files}
+    assert ssh.HOST_KEY in client

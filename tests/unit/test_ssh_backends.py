@@ -1,0 +1,188 @@
+"""The ssh and vagrant backends' pure parts: the inventory, ssh_config, systemd units for
+services, MACs, the box's inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import box, inventory
+from lab import topology as topo_mod
+from lab.backends import ssh as ssh_backend
+from lab.backends import vagrant
+from lab.errors import ConfigError, HalabError
+from lab.inventory import Target
+from provision import director, ssh, web
+
+VENV_PYTHON = "/opt/halab/venv/bin/python"
+TOPO = topo_mod.load()
+INVENTORY = """
+slowness = 2
+[defaults]
+user = "debian"
+identity = "keys/id_ed25519"
+options = { ProxyJump = "bastion.example.net" }
+[hosts.client]
+address = "192.0.2.10"
+[hosts.dir0]
+address = "192.0.2.11"
+port = 2222
+[hosts.dir1]
+address = "192.0.2.12"
+user = "root"
+[hosts.web0]
+address = "192.0.2.21"
+[hosts.web1]
+address = "192.0.2.22"
+known_hosts = "trusted/known_hosts"
+"""
+
+
+def test_halab_units_ship_with_provision() -> None:
+    topo = topo_mod.load()
+    unit, text = ssh_backend.unit_for(director.balancer_service(topo, VENV_PYTHON))
+    assert unit == "halab-balancer.service"
+    assert text is not None and "Type=notify" in text
+
+
+def test_sshd_is_the_systems_own_unit() -> None:
+    assert ssh_backend.unit_for(ssh.sshd_service(topo_mod.load())) == ("ssh.service", None)
+
+
+def test_other_services_get_a_unit_rendered_from_their_argv() -> None:
+    unit, text = ssh_backend.unit_for(web.nginx_service(topo_mod.load()))
+    assert unit == "halab-nginx.service" and text is not None
+    assert "ExecStart=nginx -e stderr -g 'daemon off;' -c /etc/nginx/nginx.conf" in text
+    assert "RuntimeDirectory=halab" in text  # its pidfile lives in /run/halab
+    # the distribution's nginx.service would want the same port
+    assert "Conflicts=nginx.service" in text
+
+
+def test_mac_shows_the_address() -> None:
+    dir0 = topo_mod.load().hosts["dir0"]
+    assert [i.mac for i in dir0.interfaces] == ["02:00:cb:00:71:0b", "02:00:c6:12:00:0b"]
+
+
+def test_box_fingerprint_follows_its_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = box.fingerprint()
+    monkeypatch.setattr(box, "PACKAGES", (*box.PACKAGES, "tcpdump"))
+    assert box.fingerprint() != before
+
+
+def test_vagrant_dir_is_found_above_or_refused(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HALAB_VAGRANT_DIR", raising=False)
+    (tmp_path / "Vagrantfile").write_text("")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert vagrant.vagrant_dir() == tmp_path
+    monkeypatch.chdir("/")
+    with pytest.raises(HalabError, match="no Vagrantfile"):
+        vagrant.vagrant_dir()
+
+
+def write_inventory(tmp_path: Path, text: str = INVENTORY) -> Path:
+    path = tmp_path / "inventory.toml"
+    path.write_text(text)
+    return path
+
+
+def test_inventory_says_how_ssh_reaches_each_host(tmp_path: Path) -> None:
+    inv = inventory.load(write_inventory(tmp_path), TOPO)
+    assert set(inv.hosts) == set(TOPO.hosts)
+    assert inv.slowness == 2.0
+    assert inv.state_dir == tmp_path / ".halab" / TOPO.lab  # beside the inventory
+    d0 = inv.hosts["dir0"]
+    assert (d0.address, d0.user, d0.port) == ("192.0.2.11", "debian", 2222)
+    assert d0.identities == (str(tmp_path / "keys" / "id_ed25519"),)  # relative to it
+    assert d0.options == (("ProxyJump", "bastion.example.net"),)
+    assert inv.hosts["dir1"].user == "root"
+    assert inv.hosts["web1"].known_hosts == str(tmp_path / "trusted" / "known_hosts")
+    assert inv.hosts["web0"].known_hosts is None
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda s: s.replace('[hosts.web1]\naddress = "192.0.2.22"\n', ""),
+     r"inventory.toml: hosts.web1: missing \(the topology .* has that host\)"),
+    (lambda s: s + '[hosts.web9]\naddress = "192.0.2.99"\n',
+     r"inventory.toml: hosts.web9: no such host in the topology"),
+    (lambda s: s.replace("port = 2222", "port = 70000"),
+     r"inventory.toml: hosts.dir0.port: must be a TCP port"),
+    (lambda s: s.replace('address = "192.0.2.12"', "adress = '192.0.2.12'"),
+     r"inventory.toml: hosts.dir1.address: missing"),
+    (lambda s: s.replace('user = "debian"', 'user = "debian"\naddress = "x"'),
+     r"inventory.toml: defaults.address: unknown key"),
+    (lambda s: s.replace("slowness = 2", "slowness = 0.5"),
+     r"inventory.toml: slowness: must be a number >= 1"),
+    (lambda s: s.replace("[defaults]", "[default]"),
+     r"inventory.toml: default: unknown key"),
+])
+def test_inventory_errors_name_file_key_and_reason(tmp_path: Path, change: Any,
+                                                   message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        inventory.load(write_inventory(tmp_path, change(INVENTORY)), TOPO)
+
+
+def test_an_inventory_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(inventory.ENV, raising=False)
+    with pytest.raises(HalabError, match="--inventory FILE"):
+        inventory.load(None, TOPO)
+
+
+def test_a_rendered_inventory_reads_back(tmp_path: Path) -> None:
+    targets = {h: Target(f"192.0.2.{i}", "vagrant", 22, (f"/k/{h}",),
+                         (("ProxyCommand", 'ip netns exec "ns" nc %h %p'),))
+               for i, h in enumerate(TOPO.hosts)}
+    text = inventory.render(targets, 5.0, comment="made by a test\nsecond line")
+    assert text.startswith("# made by a test\n# second line\n")
+    inv = inventory.load(write_inventory(tmp_path, text), TOPO)
+    assert inv.hosts == targets and inv.slowness == 5.0
+
+
+def test_ssh_configs_login_and_root(tmp_path: Path) -> None:
+    lab = ssh_backend.SshBackend.from_inventory(TOPO, write_inventory(tmp_path))
+    login = lab.ssh_config_path().read_text()
+    block = login.split("Host dir0\n")[1].split("\nHost ")[0]
+    assert "  HostName 192.0.2.11\n  Port 2222\n  User debian\n" in block
+    # the host key: trusted on first use, remembered beside the lab's files
+    assert f"UserKnownHostsFile {lab.control_dir}/known_hosts.login" in block
+    assert "StrictHostKeyChecking accept-new" in block
+    assert "ProxyJump bastion.example.net" in block
+    web1 = login.split("Host web1\n")[1]
+    assert f"StrictHostKeyChecking yes\n  UserKnownHostsFile {tmp_path}/trusted/known_hosts" \
+        in web1
+    root = lab.ssh_config().split("Host dir0\n")[1].split("\nHost ")[0]
+    assert "User root" in root and "keys/id_ed25519" not in root
+    assert f"IdentityFile {lab.control_dir}/operator_ed25519" in root
+    assert "HostKeyAlias dir0" in root and "ProxyJump bastion.example.net" in root
+    # halab's settings come first: ssh_config's first value wins over the options
+    assert root.index("User root") < root.index("ProxyJump")
+
+
+def test_trust_on_first_use_remembers_and_then_checks(tmp_path: Path) -> None:
+    import paramiko
+
+    lab = ssh_backend.SshBackend.from_inventory(TOPO, write_inventory(tmp_path))
+    first, other = paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate()
+
+    def client() -> paramiko.SSHClient:
+        c = paramiko.SSHClient()
+        lab._trust(c, "dir0", lab.targets()["dir0"])
+        return c
+
+    c = client()
+    c._policy.missing_host_key(c, "[192.0.2.11]:2222", first)
+    assert (lab.control_dir / "known_hosts.login").read_text().startswith(
+        "[192.0.2.11]:2222 ecdsa-sha2-nistp256 ")
+    again = client().get_host_keys().lookup("[192.0.2.11]:2222")
+    assert again is not None and again["ecdsa-sha2-nistp256"] == first != other
+    # with the inventory's known_hosts: that file, strictly
+    strict = paramiko.SSHClient()
+    with pytest.raises(HalabError, match=r"web1: known_hosts .*/trusted/known_hosts: No such"):
+        lab._trust(strict, "web1", lab.targets()["web1"])
+    (tmp_path / "known").write_text(f"192.0.2.22 {other.get_name()} {other.get_base64()}\n")
+    lab._trust(strict, "web1", Target("192.0.2.22", known_hosts=str(tmp_path / "known")))
+    assert isinstance(strict._policy, paramiko.RejectPolicy)
+    assert strict.get_host_keys().lookup("192.0.2.22")[other.get_name()] == other
