@@ -217,12 +217,16 @@ class Backend(abc.ABC):
         """An ssh_config reaching every lab host by its name, as root (testinfra, fabric)."""
 
     @abc.abstractmethod
-    def set_links(self, host: str, up: bool, networks: Sequence[str] | None = None) -> None:
-        """Cut (or restore) the host's links, all or those on ``networks``: its cables."""
+    def set_links(self, host: str, up: bool, networks: Sequence[str] | None = None
+                  ) -> float | None:
+        """Cut (or restore) the host's links, all or those on ``networks``: its cables.
+        Returns when that happened by the host's clock (epoch s) where it happens there,
+        long after the call under emulation; None: at the call (a cable pulled here)."""
 
     @abc.abstractmethod
-    def power_off(self, host: str) -> None:
-        """Power loss: links cut first, then every process killed at once (no goodbye)."""
+    def power_off(self, host: str) -> float | None:
+        """Power loss: links cut first, then every process killed at once (no goodbye).
+        Returns as ``set_links`` does."""
 
     @abc.abstractmethod
     def power_on(self, host: str) -> None:

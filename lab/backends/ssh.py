@@ -392,7 +392,25 @@ class SshBackend(Backend):
             raise HalabError("; ".join(errors))
 
     def _prepare(self, host: str, wheels: Path) -> None:
+        self._check_addresses(host)
         self._install(host, wheels)
+
+    def _check_addresses(self, host: str) -> None:
+        """The lab addresses are the host's own configuration (halab does not touch a
+        real server's network setup): each on the interface the topology names. A host
+        that just booted may still be configuring them: wait a while."""
+        def missing() -> list[str]:
+            out = self.run(host, ["ip", "-o", "-4", "addr", "show"]).text.split("\n")
+            have = {(f[1], f[3]) for f in (line.split() for line in out) if len(f) > 3}
+            return [f"{i.name} {i.cidr}" for i in self.host(host).interfaces
+                    if (i.name, i.cidr) not in have]
+
+        deadline = time.monotonic() + 10 * self.slowness
+        while gone := missing():
+            if time.monotonic() > deadline:
+                raise HalabError(f"{host}: lab addresses missing: {', '.join(gone)} (the "
+                                 f"topology {self.topology.source} says so; configure them)")
+            time.sleep(0.5)
 
     def _source(self) -> Path:
         return checkout_root()
@@ -534,25 +552,30 @@ class SshBackend(Backend):
 
     # faults, from inside the host ------------------------------------------------------
 
-    def set_links(self, host: str, up: bool, networks: Sequence[str] | None = None) -> None:
+    def set_links(self, host: str, up: bool, networks: Sequence[str] | None = None
+                  ) -> float | None:
         """``ip link set down``: the host's lab interface goes dark (its addresses stay,
-        as on a pulled cable; the management link is none of the lab's)."""
+        as on a pulled cable; the management link is none of the lab's). Returns the
+        host's time just before (an SSH round trip can take a second under TCG)."""
         h = self.host(host)
         lines = [f"link set dev {i.name} {'up' if up else 'down'}" for i in h.interfaces
                  if networks is None or i.network.name in networks]
-        self.run(host, ["sh", "-c", f"printf '%s\\n' {shlex.join(lines)} | ip -batch -"])
+        out = self.run(host, ["sh", "-c", "date +%s.%N; printf '%s\\n' "
+                                          f"{shlex.join(lines)} | ip -batch -"]).text
+        return float(out.split()[0])
 
-    def power_off(self, host: str) -> None:
+    def power_off(self, host: str) -> float | None:
         """A stand-in for a power loss where no power switch is in reach: the lab links
         cut first (nothing the host does from now on reaches the lab), then the lab's
         services SIGKILLed and kept from restarting; which ones ran is noted on the host."""
-        self.set_links(host, False)
+        took = self.set_links(host, False)
         units = [u for u in self._units(host) if u != "ssh.service"]
         q = " ".join(units)
         self.run(host, ["sh", "-c",
                         f"for u in {q}; do systemctl is-active -q $u && echo $u; done "
                         f"> {POWERED_OFF}; systemctl kill -s KILL {q}; systemctl stop {q}"],
                  timeout=60)
+        return took
 
     def power_on(self, host: str) -> None:
         """As a boot would: only the configured addresses, links up, the lab's services

@@ -90,9 +90,11 @@ class VagrantBackend(SshBackend):
                               env=self._vagrant_env(), capture_output=True, timeout=timeout,
                               check=False)
         if proc.returncode != 0:
-            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-5:]
+            # halab's own errors (from the trigger's provisioning), else the end of it all
+            lines = (proc.stdout + proc.stderr).decode(errors="replace").splitlines()
+            said = [line.strip() for line in lines if "halab: error:" in line]
             raise HalabError(f"`vagrant {' '.join(args)}` failed (exit {proc.returncode}): "
-                             + " | ".join(tail))
+                             + " | ".join(said or lines[-5:]))
         return proc.stdout.decode(errors="replace")
 
     def domain(self, host: str) -> str:
