@@ -203,6 +203,10 @@ class Backend(abc.ABC):
                              "-qq && apt-get install -y -qq " + " ".join(pkgs)],
                          timeout=900)
 
+    def close(self) -> None:  # noqa: B027 (most hold nothing open)
+        """Let go of what this object holds open to the hosts (SSH connections); the
+        lab stays as it is."""
+
     def own_host_key(self, host: str) -> str | None:
         """The host's own SSH host key (public half), which the lab keeps (real servers);
         None: the lab gives the host a key of its own (netns hosts, VMs)."""

@@ -279,6 +279,9 @@ class SshBackend(Backend):
         if conn is not None:
             conn.close()
 
+    def close(self) -> None:
+        self._close_connections()
+
     def _close_connections(self) -> None:
         with self._lock:
             for conn in self._conns.values():
@@ -455,7 +458,10 @@ class SshBackend(Backend):
                         f"[ -x {VENV}/bin/python ] || python3 -m venv {VENV}; "
                         f"{VENV}/bin/pip install -q --no-index --find-links {tmp} "
                         f"--force-reinstall --no-deps {tmp}/halab-*.whl && "
-                        f"{VENV}/bin/pip install -q --no-index --find-links {tmp} halab && "
+                        # (a host with another Python than this machine's: its own
+                        # wheels of what halab needs, from its index)
+                        f"{{ {VENV}/bin/pip install -q --no-index --find-links {tmp} halab || "
+                        f"{VENV}/bin/pip install -q --find-links {tmp} halab; }} && "
                         f"ln -sf {links} /usr/local/bin/ && rm -rf {tmp}"], timeout=900)
         hp = self.paths(host)
         self.run(host, ["mkdir", "-p", str(hp.run), str(hp.log), str(hp.state)])
@@ -560,8 +566,9 @@ class SshBackend(Backend):
         h = self.host(host)
         lines = [f"link set dev {i.name} {'up' if up else 'down'}" for i in h.interfaces
                  if networks is None or i.network.name in networks]
-        out = self.run(host, ["sh", "-c", "date +%s.%N; printf '%s\\n' "
-                                          f"{shlex.join(lines)} | ip -batch -"]).text
+        # bash's clock costs no process: the time is taken an exec before the cut
+        out = self.run(host, ["bash", "-c", "echo $EPOCHREALTIME; exec ip -batch - <<'EOF'\n"
+                              + "\n".join(lines) + "\nEOF\n"]).text
         return float(out.split()[0])
 
     def power_off(self, host: str) -> float | None:

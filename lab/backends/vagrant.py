@@ -2,10 +2,11 @@
 the checkout's Vagrantfile, reached over SSH as the ssh backend reaches its hosts
 (lab/backends/ssh.py: fabric, files, systemd units, halab's wheel).
 
-On this kind of machine (see lab/vmhost.py) libvirtd, Vagrant and the VMs'
-networks live in the ``halabvm`` network namespace; SSH reaches the VMs'
-management addresses through it (``ProxyCommand ip netns exec halabvm nc``),
-so nothing of the lab touches the root namespace.
+libvirtd is the machine's own (a workstation) or, on this kind of machine, halab's
+own in the ``halabvm`` network namespace with Vagrant and the VMs' networks; SSH
+then reaches the VMs' management addresses through it (``ProxyCommand ip netns
+exec halabvm nc``), so nothing of the lab touches the root namespace (see
+lab/vmhost.py: ``HALAB_VMHOST``).
 
 * ``up``: libvirtd, the box (built offline and registered when it changed), the
   VMs (``vagrant up --parallel``). The Vagrantfile's trigger provisions each VM
@@ -13,8 +14,8 @@ so nothing of the lab touches the root namespace.
   how SSH reaches the VM (``.vagrant/halab/ssh/NAME.json``, from Vagrant's
   ``ssh_info``) and runs ``halab --lab vagrant provision --host NAME``
 * ``prepare`` (before provisioning): as the ssh backend's (halab from a wheelhouse
-  built from the checkout, ``--no-index``: the VMs have no internet), and the VM's
-  clock set to follow this machine's
+  built from the checkout, ``--no-index``: the VMs may have no internet), and, with
+  halab's own libvirtd, the VM's clock set to follow this machine's
 * the VMs get the lab's own SSH host keys (made on the controller, so known_hosts
   is complete before the VMs exist); Vagrant's login checks none (a VM made again
   has new keys until it is provisioned)
@@ -40,6 +41,8 @@ from lab.errors import HalabError
 from lab.inventory import Target
 from lab.topology import Topology
 
+PUBLIC_BOX = "debian/bookworm64"
+
 
 def vagrant_dir() -> Path:
     """Where the Vagrantfile is: $HALAB_VAGRANT_DIR, else the nearest one above here."""
@@ -50,6 +53,13 @@ def vagrant_dir() -> Path:
             return d
     raise HalabError("no Vagrantfile here or above: run from the halab checkout "
                      "(or set HALAB_VAGRANT_DIR)")
+
+
+def box_name() -> str:
+    """$HALAB_BOX, else halab's own offline box with halab's own libvirtd, else a public
+    Debian 12 box (the Vagrantfile decides the same way)."""
+    return os.environ.get("HALAB_BOX") or (box.BOX_NAME if vmhost.mode() == "netns"
+                                           else PUBLIC_BOX)
 
 
 class VagrantBackend(SshBackend):
@@ -74,6 +84,7 @@ class VagrantBackend(SshBackend):
     def _vagrant_env(self) -> dict[str, str]:
         e = vmhost.vm_env()
         e.update(HALAB_VM_DRIVER=self.driver, HALAB_TOPOLOGY=str(self.topology.source),
+                 HALAB_BOX=box_name(),
                  HALAB_CLI=f"{sys.executable} -m lab.cli")  # what the trigger runs
         return e
 
@@ -110,7 +121,7 @@ class VagrantBackend(SshBackend):
         return vmhost.run(["virsh", *args], check=check).stdout.decode(errors="replace")
 
     def is_up(self) -> bool:
-        if not vmhost.running():
+        if not vmhost.available():
             return False
         try:
             running = self.virsh("list", "--uuid").split()
@@ -128,8 +139,8 @@ class VagrantBackend(SshBackend):
 
     def _register_box(self) -> None:
         self.control_dir.mkdir(parents=True, exist_ok=True)
-        if os.environ.get("HALAB_BOX", box.BOX_NAME) != box.BOX_NAME:
-            return  # a box of the user's: Vagrant fetches it
+        if box_name() != box.BOX_NAME:
+            return  # a public box or one of the user's: Vagrant fetches it
         built = box.build()
         stamp = self.control_dir / "box"
         listed = vmhost.run(["vagrant", "box", "list"]).stdout.decode()
@@ -147,10 +158,11 @@ class VagrantBackend(SshBackend):
 
     def down(self) -> None:
         self._close_connections()
-        if vmhost.running() and (self.root / ".vagrant" / "machines").exists():
+        own = vmhost.mode() == "netns"  # (the machine's own libvirtd serves others too)
+        if vmhost.available() and (self.root / ".vagrant" / "machines").exists():
             self.vagrant("destroy", "-f")
             for net in self.virsh("net-list", "--name", check=False).split():
-                if net.startswith(f"{self.topology.lab}-") or net == "vagrant-libvirt":
+                if net.startswith(f"{self.topology.lab}-") or (own and net == "vagrant-libvirt"):
                     self.virsh("net-destroy", net, check=False)
                     self.virsh("net-undefine", net, check=False)
         vmhost.stop()
@@ -162,15 +174,16 @@ class VagrantBackend(SshBackend):
 
     def targets(self) -> dict[str, Target]:
         """How SSH reaches each VM that is up, as the Vagrantfile's trigger recorded it
-        from Vagrant's ``ssh_info`` (host, port, user, keys), through the namespace."""
-        proxy = " ".join(vmhost.command(["nc", "%h", "%p"]))
+        from Vagrant's ``ssh_info`` (host, port, user, keys); through the namespace where
+        libvirtd runs in one."""
+        proxy = ((("ProxyCommand", " ".join(vmhost.command(["nc", "%h", "%p"]))),)
+                 if vmhost.mode() == "netns" else ())
         found = {}
         for h in self.topology.hosts:
             f = self.control_dir / "ssh" / f"{h}.json"
             if f.exists():
                 t = json.loads(f.read_text())
-                found[h] = Target(t["host"], t["user"], int(t["port"]), tuple(t["keys"]),
-                                  (("ProxyCommand", proxy),))
+                found[h] = Target(t["host"], t["user"], int(t["port"]), tuple(t["keys"]), proxy)
         return found
 
     def inventory_text(self) -> str:
@@ -196,12 +209,13 @@ class VagrantBackend(SshBackend):
         return self.root
 
     def prepare(self, hosts: Sequence[str]) -> None:
-        self._clock = self._time_server()
+        # halab's own libvirtd comes with a time server; elsewhere VMs keep their own NTP
+        self._clock = self._time_server() if vmhost.mode() == "netns" else None
         super().prepare(hosts)
 
     def _prepare(self, host: str, wheels: Path) -> None:
-        assert self._clock is not None
-        self._sync_clock(host, self._clock)
+        if self._clock is not None:
+            self._sync_clock(host, self._clock)
         super()._prepare(host, wheels)
 
     def _time_server(self) -> str:

@@ -104,6 +104,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if not backend.up_provisions:  # (Vagrant's trigger provisions each VM in up())
         provision(backend)
     yield backend
+    backend.close()
     if not was_up and not request.config.getoption("--keep-lab"):
         backend.down()
 

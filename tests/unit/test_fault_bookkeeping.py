@@ -3,6 +3,7 @@ measured from a client loop's records, the prober's rate."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,6 +52,17 @@ def test_heal_all_heals_what_is_left_newest_first_and_goes_on_after_an_error(lab
         faults.heal_all()
     assert log == ["inject a", "inject b", "inject c", "heal a", "heal c"]
     assert not faults.active
+
+
+def test_a_fault_took_effect_when_the_host_says_so(lab: Any) -> None:
+    """A cut made on the host itself (the ssh backend) happens an SSH round trip after
+    the call: its time is the host's, not the caller's; else the caller's."""
+    lab.set_links = lambda host, up, networks=None: 1000.25
+    lab.power_off = lambda host: None
+    faults = Faults(lab)
+    assert faults.inject(faults_mod.CutLinks("dir0")) == 1000.25
+    before = time.time()
+    assert before <= faults.inject(faults_mod.PowerLoss("dir1")) <= time.time()
 
 
 def test_two_equal_faults_are_two_faults(lab: Any) -> None:

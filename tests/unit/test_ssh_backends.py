@@ -3,6 +3,7 @@ services, MACs, the box's inputs."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,76 @@ def test_trust_on_first_use_remembers_and_then_checks(tmp_path: Path) -> None:
     lab._trust(strict, "web1", Target("192.0.2.22", known_hosts=str(tmp_path / "known")))
     assert isinstance(strict._policy, paramiko.RejectPolicy)
     assert strict.get_host_keys().lookup("192.0.2.22")[other.get_name()] == other
+
+
+def test_vmhost_mode_follows_the_setting_else_what_runs(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from lab import vmhost
+
+    monkeypatch.delenv(vmhost.MODE_ENV, raising=False)
+    monkeypatch.setattr(vmhost, "running", lambda: False)
+    sock = tmp_path / "libvirt-sock"
+    monkeypatch.setattr(vmhost, "SYSTEM_SOCKET", sock)
+    assert vmhost.mode() == "netns"  # no libvirtd here: halab brings its own
+    sock.touch()
+    assert vmhost.mode() == "netns"  # a socket file left behind is no libvirtd
+    sock.unlink()
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(sock))
+        listening.listen()
+        assert vmhost.mode() == "system"  # a workstation's libvirtd
+        assert vmhost.command(["virsh", "list"]) == ["virsh", "list"]
+        monkeypatch.setattr(vmhost, "running", lambda: True)
+        assert vmhost.mode() == "netns"  # halab's own runs
+        assert vmhost.command(["virsh", "list"])[:4] == ["ip", "netns", "exec", vmhost.NS]
+    monkeypatch.setenv(vmhost.MODE_ENV, "system")
+    assert vmhost.mode() == "system"
+    monkeypatch.setenv(vmhost.MODE_ENV, "kvm")
+    with pytest.raises(HalabError, match="HALAB_VMHOST='kvm': must be one of netns, system"):
+        vmhost.mode()
+
+
+@pytest.mark.parametrize("mode", ["netns", "system"])
+def test_vagrant_reaches_its_vms_through_the_namespace_only_in_the_netns_mode(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    import json
+
+    monkeypatch.setenv("HALAB_VMHOST", mode)
+    monkeypatch.delenv("HALAB_BOX", raising=False)
+    lab = vagrant.VagrantBackend(TOPO, root=tmp_path)
+    (lab.control_dir / "ssh").mkdir(parents=True)
+    (lab.control_dir / "ssh" / "dir0.json").write_text(json.dumps(
+        {"host": "192.168.121.5", "port": 22, "user": "vagrant", "keys": ["/k"]}))
+    t = lab.targets()
+    assert list(t) == ["dir0"] and t["dir0"].address == "192.168.121.5"
+    if mode == "netns":
+        assert t["dir0"].options == (("ProxyCommand", "ip netns exec halabvm nc %h %p"),)
+        assert vagrant.box_name() == box.BOX_NAME  # built offline
+    else:
+        assert t["dir0"].options == ()
+        assert vagrant.box_name() == vagrant.PUBLIC_BOX
+
+
+def test_down_ends_only_the_ssh_proxies_left_in_the_namespace() -> None:
+    """An ssh whose VM vanished leaves its ProxyCommand (nc) behind in halabvm: down
+    ends those, and nothing else it finds there."""
+    import subprocess
+
+    from lab import vmhost
+
+    proxy = subprocess.Popen(["bash", "-c", "exec -a nc sleep 30"])
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        wait_for = time.monotonic() + 5
+        while Path(f"/proc/{proxy.pid}/cmdline").read_bytes().split(b"\0")[0] != b"nc":
+            assert time.monotonic() < wait_for
+            time.sleep(0.01)
+        vmhost._end_proxies([proxy.pid, other.pid])
+        assert proxy.wait(timeout=5) == -15
+        assert other.poll() is None
+    finally:
+        for p in (proxy, other):
+            p.kill()
+            p.wait()
