@@ -42,7 +42,11 @@ def generate_keypair(comment: str) -> KeyPair:
 
 
 def sshd_config(topo: Topology, host: Host, paths: HostPaths, user_keys: bool = False) -> str:
+    """``user_keys``: the host's own users log in too (VMs, real servers): their keys
+    count, and PAM stays on, as Debian has it (without it, sshd turns away a user whose
+    password is locked, as a cloud image's login user's is, even with a good key)."""
     keys = "/etc/ssh/authorized_keys/%u" + (" .ssh/authorized_keys" if user_keys else "")
+    pam = "yes" if user_keys else "no"
     return f"""\
 # halab: sshd for {host.name}, rendered from lab/topology.yaml
 Port {topo.ports.ssh}
@@ -54,7 +58,7 @@ PubkeyAuthentication yes
 AuthorizedKeysFile {keys}
 PasswordAuthentication no
 KbdInteractiveAuthentication no
-UsePAM no
+UsePAM {pam}
 UseDNS no
 X11Forwarding no
 PrintMotd no

@@ -215,3 +215,13 @@ def test_a_host_that_keeps_its_own_host_key_is_asked_for_it(tmp_path: Path) -> N
     client = {x.path for x in ph.plan_host(TOPO, TOPO.hosts["client"], paths("client"),
                                            keys).files}
     assert ssh.HOST_KEY in client
+
+
+def test_hosts_with_their_own_users_keep_their_keys_and_pam() -> None:
+    lab_only = ssh.sshd_config(TOPO, TOPO.hosts["dir0"], paths("dir0"))
+    assert "AuthorizedKeysFile /etc/ssh/authorized_keys/%u\n" in lab_only
+    assert "UsePAM no" in lab_only  # the netns lab: root only, no PAM session
+    own = ssh.sshd_config(TOPO, TOPO.hosts["dir0"], paths("dir0"), user_keys=True)
+    assert "AuthorizedKeysFile /etc/ssh/authorized_keys/%u .ssh/authorized_keys\n" in own
+    # a cloud image's login user has a locked password: sshd without PAM refuses it
+    assert "UsePAM yes" in own
