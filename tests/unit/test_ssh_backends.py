@@ -3,7 +3,6 @@ services, MACs, the box's inputs."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from lab.backends import ssh as ssh_backend
 from lab.backends import vagrant
 from lab.errors import ConfigError, HalabError
 from lab.inventory import Target
+from lab.poll import wait_until
 from provision import director, ssh, web
 
 VENV_PYTHON = "/opt/halab/venv/bin/python"
@@ -249,10 +249,8 @@ def test_down_ends_only_the_ssh_proxies_left_in_the_namespace() -> None:
     proxy = subprocess.Popen(["bash", "-c", "exec -a nc sleep 30"])
     other = subprocess.Popen(["sleep", "30"])
     try:
-        wait_for = time.monotonic() + 5
-        while Path(f"/proc/{proxy.pid}/cmdline").read_bytes().split(b"\0")[0] != b"nc":
-            assert time.monotonic() < wait_for
-            time.sleep(0.01)
+        wait_until(lambda: Path(f"/proc/{proxy.pid}/cmdline").read_bytes().startswith(b"nc\0"),
+                   5, "the proxy named nc")
         vmhost._end_proxies([proxy.pid, other.pid])
         assert proxy.wait(timeout=5) == -15
         assert other.poll() is None
