@@ -195,7 +195,7 @@ class SshBackend(Backend):
             units = [u for u in self._units(h) if u != "ssh.service"]
             if units:
                 self.run(h, ["systemctl", "disable", "-q", "--now", *units], timeout=120)
-        self._close_connections()
+        self.close()
 
     # ssh --------------------------------------------------------------------------
 
@@ -259,10 +259,11 @@ class SshBackend(Backend):
         """A fabric Connection to ``host`` (the login user), kept open."""
         import fabric
 
-        t = self._target(host)
         with self._lock:
             conn = self._conns.get(host)
             if conn is None:
+                t = self._target(host)  # (once per connection: the vagrant backend reads
+                # its VMs' records from disk)
                 cfg = fabric.Config(runtime_ssh_path=str(self.ssh_config_path()))
                 # an SSH handshake under TCG, five at once, can take many seconds
                 wait = 30 * self.slowness
@@ -280,9 +281,6 @@ class SshBackend(Backend):
             conn.close()
 
     def close(self) -> None:
-        self._close_connections()
-
-    def _close_connections(self) -> None:
         with self._lock:
             for conn in self._conns.values():
                 conn.close()
@@ -295,9 +293,10 @@ class SshBackend(Backend):
 
     # commands and files -------------------------------------------------------------
 
-    def _sudo(self, host: str, argv: Sequence[str]) -> str:
+    @staticmethod
+    def _sudo(user: str, argv: Sequence[str]) -> str:
         line = shlex.join(argv)
-        return line if self._target(host).user == "root" else "sudo -n -- " + line
+        return line if user == "root" else "sudo -n -- " + line
 
     def command(self, host: str, argv: Sequence[str]) -> list[str]:
         """ssh with a tty (the remote command ends with the session), riding on a
@@ -311,7 +310,7 @@ class SshBackend(Backend):
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=60 * self.slowness, check=False)
         return ["ssh", "-F", cfg, "-tt", "-o", "ControlMaster=no", "-o", "LogLevel=ERROR", host,
-                self._sudo(host, argv)]
+                self._sudo(self._target(host).user, argv)]
 
     def _check_on(self, host: str, argv: Sequence[str]) -> None:
         """Before a command: raise if it cannot run there (the vagrant backend: a VM
@@ -331,7 +330,7 @@ class SshBackend(Backend):
         self._check_on(host, argv)
         conn = self.connection(host)
         try:
-            res = conn.run(self._sudo(host, argv), hide=True, warn=True, in_stream=False,
+            res = conn.run(self._sudo(conn.user, argv), hide=True, warn=True, in_stream=False,
                            timeout=timeout * self.slowness)
         except Exception as e:  # invoke's CommandTimedOut, paramiko's SSH errors
             raise HalabError(f"{host}: `{' '.join(argv)}`: {type(e).__name__}: {e}") from None

@@ -157,7 +157,7 @@ class VagrantBackend(SshBackend):
         stamp.write_text(built.name)
 
     def down(self) -> None:
-        self._close_connections()
+        self.close()
         own = vmhost.mode() == "netns"  # (the machine's own libvirtd serves others too)
         if vmhost.available() and (self.root / ".vagrant" / "machines").exists():
             self.vagrant("destroy", "-f")
