@@ -134,6 +134,15 @@ class Backend(abc.ABC):
     ) -> Result:
         """Run ``argv`` on ``host``; raise HalabError if ``check`` and it fails."""
 
+    def run_timed(self, host: str, argv: Sequence[str], *, timeout: float = 30.0) -> float:
+        """Run ``argv`` on ``host`` (checked, output dropped); return the host's clock
+        (epoch s) just before it began, read by bash an exec before it (no process):
+        when a fault made this way took effect, which a command's round trip (an SSH
+        one takes a second under TCG) would blur if timed here."""
+        res = self.run(host, ["bash", "-c", 'echo $EPOCHREALTIME; exec "$@" >/dev/null',
+                              "bash", *argv], timeout=timeout)
+        return float(res.text.split(maxsplit=1)[0])
+
     @abc.abstractmethod
     def command(self, host: str, argv: Sequence[str]) -> list[str]:
         """The local argv that runs ``argv`` on ``host`` with inherited stdio."""
@@ -161,8 +170,9 @@ class Backend(abc.ABC):
         """Start a service unless it runs; return once it is ready."""
 
     @abc.abstractmethod
-    def stop_service(self, host: str, name: str) -> None:
-        """Stop a service gracefully (SIGTERM, then SIGKILL after a deadline)."""
+    def stop_service(self, host: str, name: str) -> float | None:
+        """Stop a service gracefully (SIGTERM, then SIGKILL after a deadline). Returns
+        as ``set_links`` does: when the stop began by the host's clock, or None."""
 
     @abc.abstractmethod
     def services(self, host: str) -> list[ServiceState]:

@@ -64,8 +64,8 @@ class Fault:
 class StopService(Fault):
     service: str = ""
 
-    def _inject(self, lab: Backend) -> None:
-        lab.stop_service(self.host, self.service)
+    def _inject(self, lab: Backend) -> float | None:
+        return lab.stop_service(self.host, self.service)
 
     def _heal(self, lab: Backend) -> None:
         lab.restart_service(self.host, self.service)
@@ -84,8 +84,8 @@ class SignalService(Fault):
             raise HalabError(f"{self.host}: {self.service} is not running")
         self.pid = pids[0]
 
-    def _inject(self, lab: Backend) -> None:
-        lab.run(self.host, ["kill", f"-{self.signal}", str(self.pid)])
+    def _inject(self, lab: Backend) -> float:
+        return lab.run_timed(self.host, ["kill", f"-{self.signal}", str(self.pid)])
 
     def _heal(self, lab: Backend) -> None:
         lab.restart_service(self.host, self.service)
@@ -103,9 +103,13 @@ class FirewallFault(Fault):
         tag = f"halab-fault-{type(self).__name__.lower()}"
         return ["-m", "comment", "--comment", tag, *spec]
 
-    def _inject(self, lab: Backend) -> None:
+    def _inject(self, lab: Backend) -> float | None:
+        """Returns the host's time of the first rule (the fault began with it)."""
+        took = None
         for chain, spec in self.rules(lab):
-            lab.run(self.host, ["iptables", "-I", chain, "1", *self._tagged(spec)])
+            t = lab.run_timed(self.host, ["iptables", "-I", chain, "1", *self._tagged(spec)])
+            took = t if took is None else took
+        return took
 
     def _heal(self, lab: Backend) -> None:
         for chain, spec in self.rules(lab):

@@ -535,8 +535,8 @@ class SshBackend(Backend):
         active = props.get("ActiveState") == "active"
         return ServiceState(host, name, active, pid or None, f"{unit} {props.get('ActiveState')}")
 
-    def stop_service(self, host: str, name: str) -> None:
-        self.run(host, ["systemctl", "stop", self._unit(host, name)], timeout=60)
+    def stop_service(self, host: str, name: str) -> float:
+        return self.run_timed(host, ["systemctl", "stop", self._unit(host, name)], timeout=60)
 
     def restart_service(self, host: str, name: str) -> ServiceState:
         unit = self._unit(host, name)
@@ -565,10 +565,8 @@ class SshBackend(Backend):
         h = self.host(host)
         lines = [f"link set dev {i.name} {'up' if up else 'down'}" for i in h.interfaces
                  if networks is None or i.network.name in networks]
-        # bash's clock costs no process: the time is taken an exec before the cut
-        out = self.run(host, ["bash", "-c", "echo $EPOCHREALTIME; exec ip -batch - <<'EOF'\n"
-                              + "\n".join(lines) + "\nEOF\n"]).text
-        return float(out.split()[0])
+        return self.run_timed(host, ["bash", "-c", "exec ip -batch - <<'EOF'\n"
+                                     + "\n".join(lines) + "\nEOF\n"])
 
     def power_off(self, host: str) -> float | None:
         """A stand-in for a power loss where no power switch is in reach: the lab links

@@ -55,9 +55,13 @@ def stats_url(topo: Topology, director: str) -> str:
 # --- the heartbeat: hbctl ---------------------------------------------------------------
 
 
+def hbctl(lab: Backend, director: str, command: str = "status") -> list[str]:
+    """The argv of an ``hbctl`` command to the director's heartbeat (JSON answer)."""
+    return ["hbctl", "-s", heartbeat_socket(lab.paths(director)), command, "--json"]
+
+
 def hb(lab: Backend, director: str, command: str = "status") -> object:
-    sock = heartbeat_socket(lab.paths(director))
-    return json.loads(lab.run(director, ["hbctl", "-s", sock, command, "--json"]).text)
+    return json.loads(lab.run(director, hbctl(lab, director, command)).text)
 
 
 def hb_state(lab: Backend, director: str) -> str:

@@ -37,7 +37,7 @@ from lab.topology import Topology
 from lab.traffic import ClientLoop, VipSample, VipSampler, vip_holders
 from provision.director import AUTHKEY, HEARTBEAT_CONFIG, heartbeat_timers, priority
 
-from .common import hb, other, vip_url
+from .common import hb, hbctl, other, vip_url
 from .common import hb_state as state
 
 pytestmark = pytest.mark.integration
@@ -238,8 +238,8 @@ def test_standby_hands_over_without_a_failed_request(lab: Backend, topo: Topolog
     draining: list[float] = []  # when the old master was seen with the VIP on lo
 
     def standby() -> float:
-        t0 = time.time()
-        hb(lab, master, "standby")
+        # the host's time of the command (an SSH round trip under TCG takes a second)
+        t0 = lab.run_timed(master, hbctl(lab, master, "standby"))
         # the old master keeps the VIP as a silent local address while it drains: look
         # for that first (asking one host is quick, even under emulation), then for the
         # VIP on the new master

@@ -3,6 +3,7 @@ measured from a client loop's records, the prober's rate."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from lab import faults as faults_mod
-from lab.backend import Backend
+from lab.backend import Backend, Result
 from lab.errors import HalabError
 from lab.faults import Fault, Faults
 from lab.timeline import Timeline
@@ -63,6 +64,45 @@ def test_a_fault_took_effect_when_the_host_says_so(lab: Any) -> None:
     assert faults.inject(faults_mod.CutLinks("dir0")) == 1000.25
     before = time.time()
     assert before <= faults.inject(faults_mod.PowerLoss("dir1")) <= time.time()
+
+
+def test_every_fault_made_by_a_command_takes_the_hosts_time(lab: Any) -> None:
+    """Firewall rules, a signal, a stop: each is timed by the host that makes it (the
+    first rule of several is when the fault began)."""
+    stamps = iter([2000.5, 2001.0, 3000.0, 4000.0])
+    ran: list[list[str]] = []
+
+    def run_timed(host: str, argv: list[str], timeout: float = 30.0) -> float:
+        ran.append(argv)
+        return next(stamps)
+
+    lab.run_timed = run_timed
+    lab.host = lambda name: SimpleNamespace(interfaces=[SimpleNamespace(name="eth1")])
+    lab.stop_service = lambda host, name: 4000.0
+    faults = Faults(lab)
+    assert faults.inject(faults_mod.Blackhole("web0")) == 2000.5  # INPUT, then OUTPUT
+    assert [a[:3] for a in ran] == [["iptables", "-I", "INPUT"], ["iptables", "-I", "OUTPUT"]]
+    signal = faults_mod.SignalService("web0", service="nginx")
+    signal.pid = 42
+    assert signal._inject(lab) == 3000.0 and ran[-1] == ["kill", "-QUIT", "42"]
+    assert faults.inject(faults_mod.StopService("web1", service="nginx")) == 4000.0
+
+
+def test_run_timed_is_the_hosts_time_when_the_command_began(tmp_path: Path) -> None:
+    """However long the way to the host takes, the time is the host's, taken just
+    before the command, and the command ran."""
+    lag = 0.3
+
+    def run(host: str, argv: list[str], *, timeout: float = 30.0) -> Result:
+        time.sleep(lag)  # the way there (an SSH round trip)
+        p = subprocess.run(argv, capture_output=True, check=True, timeout=timeout)
+        return Result(argv, p.returncode, p.stdout, p.stderr)
+
+    made = tmp_path / "made"
+    before = time.time()
+    took = Backend.run_timed(SimpleNamespace(run=run), "web0",  # type: ignore[arg-type]
+                             ["sh", "-c", f"echo noise; touch {made}"])
+    assert made.exists() and before + lag <= took <= time.time()
 
 
 def test_two_equal_faults_are_two_faults(lab: Any) -> None:
