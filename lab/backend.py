@@ -45,6 +45,9 @@ class ServiceSpec:
     system's own (ssh.service, run with the lab's config); None: a unit is
     rendered from ``argv``. The service counts as ready once it listens
     on every TCP port in ``listens`` and ``ready_path`` (a socket, say) exists.
+    ``inputs`` fingerprints what it reads when it starts (its configuration): a
+    running service started with other inputs is restarted, one started with these
+    is left running (provisioning again changes nothing that did not change).
     """
 
     name: str
@@ -52,6 +55,7 @@ class ServiceSpec:
     listens: tuple[int, ...] = ()
     unit: str | None = None
     ready_path: str | None = None
+    inputs: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def start_service(self, host: str, spec: ServiceSpec) -> ServiceState:
-        """Start a service unless it runs; return once it is ready."""
+        """Start a service unless it runs with the same spec (a running one whose spec
+        or inputs changed is restarted); return once it is ready."""
 
     @abc.abstractmethod
     def stop_service(self, host: str, name: str) -> float | None:

@@ -135,7 +135,8 @@ class Supervisor:
             data = json.loads(self.specfile(name).read_text())
             return ServiceSpec(name=name, argv=tuple(data["argv"]),
                                listens=tuple(data["listens"]), unit=data.get("unit"),
-                               ready_path=data.get("ready_path"))
+                               ready_path=data.get("ready_path"),
+                               inputs=data.get("inputs", ""))
         except (OSError, ValueError, KeyError, TypeError):
             known = ", ".join(self.names()) or "none"
             raise HalabError(f"{self.host}: no service {name!r} (services: {known})") from None
@@ -160,14 +161,17 @@ class Supervisor:
         return [self.state(n) for n in self.names()]
 
     def start(self, spec: ServiceSpec, ready_timeout: float = READY_TIMEOUT) -> ServiceState:
+        record = json.dumps({"argv": list(spec.argv), "listens": list(spec.listens),
+                             "unit": spec.unit, "ready_path": spec.ready_path,
+                             "inputs": spec.inputs})
+        specfile = self.specfile(spec.name)
         current = self.state(spec.name)
         if current.running:
-            return current
+            if specfile.exists() and specfile.read_text() == record:
+                return current
+            self.stop(spec.name)  # started with another spec or other inputs
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        record = json.dumps({"argv": list(spec.argv), "listens": list(spec.listens),
-                             "unit": spec.unit, "ready_path": spec.ready_path})
-        specfile = self.specfile(spec.name)
         if not specfile.exists() or specfile.read_text() != record:
             specfile.write_text(record)
         if spec.ready_path is not None:  # left by a process that is gone: not ready

@@ -7,7 +7,9 @@ a network namespace, a VM or a real host:
 
 1. write every file (so nothing below can fall back to a system default)
 2. apply sysctls and the firewall (iptables-restore: atomic per table)
-3. start the services that are not running, waiting until they listen
+3. start the services that are not running, waiting until they listen; restart
+   those whose files changed (one host of the director pair or of the web tier at a
+   time); leave the others be, so provisioning again is a no-op
 
 Directors run halab's balancer and heartbeat.
 """
@@ -15,11 +17,12 @@ Directors run halab's balancer and heartbeat.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lab.backend import Backend, HostPaths, ServiceSpec
@@ -76,6 +79,9 @@ class HostPlan:
     services: tuple[ServiceSpec, ...] = field(default=())
     # units (provision/units) that redo the commands at every boot, where hosts boot
     at_boot: tuple[str, ...] = field(default=())
+    # hosts of one rolling group start (or restart) their services one at a time,
+    # even when provisioned at once: the director pair, the web tier
+    rolling: str = ""
 
 
 def hosts_file(topo: Topology, host: Host) -> str:
@@ -146,8 +152,19 @@ def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
         ]
         services += [director.balancer_service(topo, python),
                      director.heartbeat_service(paths, python)]
-    return HostPlan(host.name, tuple(files), tuple(commands), tuple(services),
-                    at_boot=(FIREWALL_UNIT,))
+    # what the daemons read: any change restarts the host's services, none leaves them be
+    inputs = fingerprint(files)
+    return HostPlan(host.name, tuple(files), tuple(commands),
+                    tuple(replace(s, inputs=inputs) for s in services),
+                    at_boot=(FIREWALL_UNIT,),
+                    rolling="" if host.role is Role.CLIENT else host.role.value)
+
+
+def fingerprint(files: Sequence[File]) -> str:
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path):
+        h.update(f"{f.path}\0{f.mode:o}\0{len(f.content)}\0{f.content}".encode())
+    return h.hexdigest()
 
 
 def apply(backend: Backend, plan: HostPlan) -> None:
@@ -156,8 +173,22 @@ def apply(backend: Backend, plan: HostPlan) -> None:
         backend.run(plan.host, argv)
     for unit in plan.at_boot:
         backend.enable_at_boot(plan.host, unit)
-    for spec in plan.services:
-        backend.start_service(plan.host, spec)
+    with _rolling(backend, plan.rolling):
+        for spec in plan.services:
+            backend.start_service(plan.host, spec)
+
+
+@contextmanager
+def _rolling(backend: Backend, group: str) -> Iterator[None]:
+    """One host of ``group`` at a time (across processes: Vagrant provisions each VM
+    from its own): a director pair restarting at once would have no peer to hand the
+    VIP over to, nor a web tier a node to send requests to."""
+    if not group:
+        yield
+        return
+    backend.control_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(backend.control_dir / f"rolling-{group}.lock"):
+        yield
 
 
 def lab_keys(backend: Backend) -> LabKeys:

@@ -110,6 +110,20 @@ def unit_for(spec: ServiceSpec) -> tuple[str, str | None]:
     return f"halab-{spec.name}.service", render_unit(spec)
 
 
+def restart_unless_started(spec: ServiceSpec, unit: str, text: str | None,
+                           services_dir: str = SERVICES_DIR, venv: str = VENV) -> str:
+    """Shell: ``systemctl restart`` the unit unless it is active and was started from
+    these inputs (the spec's, its unit's text, for halab's daemons the build installed
+    in ``venv``), noted on the host when it was."""
+    want = hashlib.sha256(f"{spec.inputs}\0{text or unit}".encode()).hexdigest()
+    ours = bool(spec.argv) and spec.argv[0].startswith(venv)
+    build = f" $(cat {venv}/wheels.sha256)" if ours else ""
+    started = f"{services_dir}/.{spec.name}.started"
+    return (f'new="{want}{build}"; systemctl is-active -q {unit} && '
+            f'[ "$(cat {started} 2>/dev/null)" = "$new" ] || '
+            f'{{ systemctl restart {unit} && echo "$new" > {started}; }}')
+
+
 def ssh_block(name: str, t: Target, lines: Sequence[str], login: bool = True) -> str:
     """A Host block: halab's ``lines`` first (ssh_config's first value wins), the
     login's keys (``login``), then the target's own options."""
@@ -480,9 +494,11 @@ class SshBackend(Backend):
         return out.split()
 
     def start_service(self, host: str, spec: ServiceSpec) -> ServiceState:
+        """Restart the unit where it is not active or was started from other inputs
+        (its files, its unit, for halab's daemons the halab build installed), which
+        are noted on the host; else leave it running. A notify unit returns once ready."""
         unit, text = unit_for(spec)
-        # (re)start: the config was just written; a notify unit returns once ready
-        self._install_unit(host, unit, text, f"systemctl restart {unit}",
+        self._install_unit(host, unit, text, restart_unless_started(spec, unit, text),
                            [(f"{SERVICES_DIR}/{spec.name}", unit + "\n", 0o644)],
                            replaces=distro_unit(spec) if spec.unit is None else None)
         self._wait_ready(host, spec)
@@ -509,7 +525,7 @@ class SshBackend(Backend):
         script += (f"{{ systemctl is-enabled -q {unit} || "
                    f"systemctl enable -q --no-reload {unit}; }}")
         if then:
-            script += f" && {then}"
+            script += f" && {{ {then}; }}"
         if files:
             self.put_files(host, files)
         self.run(host, ["sh", "-c", script], timeout=120)

@@ -146,12 +146,14 @@ def test_every_host_gets_sshd_on_the_topology_port() -> None:
         assert sshd.name == "sshd" and sshd.listens == (TOPO.ports.ssh,)
 
 
-def test_files_are_written_before_commands_run() -> None:
+def test_files_are_written_before_commands_run(tmp_path: Path) -> None:
     # apply() writes all files first: a command must never fall back to the
     # machine's own /etc because a host file did not exist yet.
     calls: list[str] = []
 
     class Recorder:
+        control_dir = tmp_path
+
         def put_files(self, host: str, files: list[tuple[str, str, int]]) -> None:
             calls.extend(f"put {path}" for path, _, _ in files)
 
@@ -169,6 +171,52 @@ def test_files_are_written_before_commands_run() -> None:
     assert kinds == sorted(kinds, key=["put", "run", "boot", "start"].index)
     # the firewall comes back at boot from the very files written above
     assert "boot halab-firewall.service" in calls
+
+
+def test_services_carry_the_fingerprint_of_the_hosts_files() -> None:
+    """Provisioning again with the same files leaves the services running; any file
+    that changed (the heartbeat's timers, say) restarts them."""
+    p = plan("dir0")
+    assert {s.inputs for s in p.services} == {ph.fingerprint(p.files)}
+    assert plan("dir0").services == p.services  # rendered again: the same
+    slower = ph.plan_host(TOPO, TOPO.hosts["dir0"], paths("dir0"), KEYS, slowness=3.0)
+    assert {s.inputs for s in slower.services}.isdisjoint({s.inputs for s in p.services})
+    assert plan("dir1").services[1].inputs != p.services[1].inputs
+
+
+def test_the_director_pair_and_the_web_tier_restart_one_host_at_a_time(tmp_path: Path
+                                                                        ) -> None:
+    """Each host's services start under its group's lock (on the controller, shared by
+    processes that provision at once): the other director, or the other web node,
+    waits; the client belongs to no group."""
+    import fcntl
+
+    held: dict[str, bool] = {}
+
+    class Recorder:
+        control_dir = tmp_path
+
+        def put_files(self, host: str, files: object) -> None: ...
+        def run(self, host: str, argv: object) -> None: ...
+        def enable_at_boot(self, host: str, unit: str) -> None: ...
+
+        def start_service(self, host: str, spec: object) -> None:
+            group = plan(host).rolling
+            if not group:
+                held[host] = False
+                return
+            with open(tmp_path / f"rolling-{group}.lock", "a") as f:
+                try:  # what another host of the group would do now
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held[host] = False
+                except BlockingIOError:
+                    held[host] = True
+
+    assert {h: plan(h).rolling for h in TOPO.hosts} == {
+        "client": "", "dir0": "director", "dir1": "director", "web0": "web", "web1": "web"}
+    for h in TOPO.hosts:
+        ph.apply(Recorder(), plan(h))  # type: ignore[arg-type]
+    assert held == {"client": False, "dir0": True, "dir1": True, "web0": True, "web1": True}
 
 
 def test_the_boot_unit_restores_the_rendered_firewall_files() -> None:

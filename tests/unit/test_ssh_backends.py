@@ -258,3 +258,39 @@ def test_down_ends_only_the_ssh_proxies_left_in_the_namespace() -> None:
         for p in (proxy, other):
             p.kill()
             p.wait()
+
+
+def test_provisioning_restarts_a_unit_only_when_its_inputs_changed(tmp_path: Path) -> None:
+    """The shell start_service runs on the host, with a stand-in for systemctl: a unit
+    that is active and was started from these inputs is left alone; one stopped, one
+    whose inputs or halab build changed, is restarted."""
+    import subprocess
+    from dataclasses import replace
+
+    bin_, venv, services = tmp_path / "bin", tmp_path / "venv", tmp_path / "services"
+    for d in (bin_, venv / "bin", services):
+        d.mkdir(parents=True)
+    log, active = tmp_path / "systemctl.log", tmp_path / "active"
+    (bin_ / "systemctl").write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\n'
+        f'case "$1" in is-active) [ -e {active} ];; restart) touch {active};; esac\n')
+    (bin_ / "systemctl").chmod(0o755)
+    (venv / "wheels.sha256").write_text("build-1\n")
+    spec = replace(director.balancer_service(TOPO, f"{venv}/bin/python"), inputs="files-1")
+
+    def provision(s: Any) -> list[str]:
+        log.write_text("")
+        script = ssh_backend.restart_unless_started(s, "halab-balancer.service", "[Unit]\n",
+                                                    str(services), str(venv))
+        subprocess.run(["sh", "-c", script], check=True, timeout=10,
+                       env={"PATH": f"{bin_}:/usr/bin:/bin"})
+        return [line.split()[0] for line in log.read_text().splitlines()]
+
+    assert provision(spec) == ["is-active", "restart"]  # first time: not running
+    assert provision(spec) == ["is-active"]  # again: nothing changed, left running
+    assert provision(replace(spec, inputs="files-2")) == ["is-active", "restart"]
+    (venv / "wheels.sha256").write_text("build-2\n")  # another halab installed
+    assert provision(replace(spec, inputs="files-2")) == ["is-active", "restart"]
+    active.unlink()  # stopped (a fault, a crash)
+    assert provision(replace(spec, inputs="files-2")) == ["is-active", "restart"]
+    assert provision(replace(spec, inputs="files-2")) == ["is-active"]

@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,17 @@ def test_start_is_idempotent(sup: Supervisor) -> None:
     a = sup.start(listener(port))
     b = sup.start(listener(port))
     assert a.pid == b.pid
+
+
+def test_start_restarts_what_runs_from_other_inputs(sup: Supervisor) -> None:
+    """Provisioning again: same inputs, left running; changed config, restarted."""
+    port = free_port()
+    a = sup.start(replace(listener(port), inputs="config v1"))
+    assert sup.start(replace(listener(port), inputs="config v1")).pid == a.pid
+    b = sup.start(replace(listener(port), inputs="config v2"))
+    assert b.running and b.pid != a.pid and a.pid is not None and not alive(a.pid)
+    assert sup.spec("listener").inputs == "config v2"
+    assert sup.restart("listener").pid not in (a.pid, b.pid)
 
 
 def test_stop_is_graceful_and_removes_pidfile(sup: Supervisor) -> None:
