@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from balancer.config import HealthConfig
 from lab.backend import Backend
@@ -19,6 +20,15 @@ REJOIN_BUDGET = H.downinter + H.rise * (H.fastinter + H.timeout) + 1.0
 def page(name: str) -> str:
     """What web node ``name`` serves at /."""
     return f"{name} - It works!"
+
+
+def wait_serving(lab: Backend, timeout: float) -> float:
+    """Seconds until the client gets a page through the VIP (the lab serves)."""
+    client, url = lab.topology.clients[0].name, vip_url(lab.topology)
+    t0 = time.monotonic()
+    wait_until(lambda: lab.run(client, ["curl", "-sf", "--max-time", "1", url],
+                               check=False).ok, timeout, f"{client} served through {url}")
+    return time.monotonic() - t0
 
 
 def vip_url(topo: Topology) -> str:

@@ -28,7 +28,7 @@ from lab.poll import wait_until
 from lab.traffic import vip_holders
 from provision import provision
 
-from .common import REJOIN_BUDGET, wait_state
+from .common import REJOIN_BUDGET, wait_serving, wait_state
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -103,6 +103,12 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Backend]:
         print(f"halab: healed {fault} left by an earlier run")
     if not backend.up_provisions:  # (Vagrant's trigger provisions each VM in up())
         provision(backend)
+    # provisioning may have restarted daemons (what changed, one director at a time):
+    # the tests start once the client is served through the VIP; how long that took
+    # is in the summary (after a director restart under TCG it was seen to take ~10 s)
+    waited = wait_serving(backend, 120 * backend.slowness)
+    SUMMARY.append({"test": "lab", "check": "provisioning", "what": f"{kind} lab up",
+                    "served_through_vip_after_s": f"{waited:.1f}"})
     yield backend
     backend.close()
     if not was_up and not request.config.getoption("--keep-lab"):
