@@ -23,7 +23,6 @@ from lab.backend import Backend
 from lab.backends.netns import NETNS_ETC, RUN_ROOT, STATE_ROOT
 from lab.supervisor import alive
 from lab.system import env
-from lab.traffic import vip_holders
 from provision import provision
 
 pytestmark = pytest.mark.integration
@@ -169,14 +168,15 @@ def test_restart_service_via_cli(lab: Backend) -> None:
 
 def test_provisioning_again_leaves_what_runs_alone(lab: Backend) -> None:
     """`halab provision` (or `vagrant provision`) on a running lab whose files did not
-    change restarts nothing: the same PIDs everywhere, the VIP where it was."""
+    change restarts nothing: the same PIDs everywhere. (Where the VIP ends up is not
+    asserted: under TCG the load of provisioning five VMs at once was seen to time out
+    a balancer track check and move the VIP, with every daemon running on.)"""
     def running() -> dict[str, dict[str, int | None]]:
         return {h: {s.name: s.pid for s in lab.services(h)} for h in lab.topology.hosts}
 
-    holders, before = vip_holders(lab), running()
+    before = running()
     provision(lab)
     assert running() == before
-    assert vip_holders(lab) == holders
 
 
 def test_logs_and_status_table(lab: Backend) -> None:
