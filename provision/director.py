@@ -97,6 +97,10 @@ def heartbeat_toml(topo: Topology, host: Host, paths: HostPaths, slowness: float
                          f"peers = [{', '.join(f'{chr(34)}{a}{chr(34)}' for a in peers)}]\n")
     vip = f"{topo.vip.address}/{topo.vip.network.subnet.prefixlen}"
     t = heartbeat_timers(slowness)
+    # the track's check too (defaults 200 ms apart, 100 ms to connect): at the defaults a
+    # connect under emulation timed out and gave the VIP away with the balancer running
+    track_pace = ("" if slowness == 1 else
+                  f"interval = {round(200 * slowness)}\ntimeout = {round(100 * slowness)}\n")
     pace = "" if slowness == 1 else f"; the defaults x{slowness:g}, for this lab's pace"
     ms = "\n".join(f"{k} = {round(getattr(t, k) * 1000)}"
                    for k in ("keepalive", "deadtime", "warntime", "initdead"))
@@ -126,7 +130,7 @@ address = "{vip}"
 [[track]]
 name = "balancer"
 tcp = "{host.address("private")}:{topo.ports.http}"
-
+{track_pace}
 {chr(10).join(links)}"""
 
 

@@ -84,6 +84,11 @@ def test_heartbeat_timers_follow_the_labs_pace() -> None:
                                                deadtime=5 * d.deadtime,
                                                warntime=5 * d.warntime,
                                                initdead=5 * d.initdead)
+    track = next(t for t in config.loads(text).tracks if t.name == "balancer")
+    assert (track.interval, track.timeout) == (1.0, 0.5)
+    plain = {f.path: f for f in plan("dir0").files}["/etc/halab/heartbeat.toml"].content
+    track = next(t for t in config.loads(plain).tracks if t.name == "balancer")
+    assert (track.interval, track.timeout) == (0.2, 0.1)
 
 def test_balancer_config_from_topology() -> None:
     from balancer import config
