@@ -65,6 +65,10 @@ from heartbeat.fsm import Timers
 from lab.confkit import Reader
 from lab.errors import ConfigError
 
+# a track's check when its config says nothing: every 200 ms, 100 ms to answer
+TRACK_INTERVAL_MS = 200
+TRACK_TIMEOUT_MS = 100
+
 
 @dataclass(frozen=True)
 class Link:
@@ -119,6 +123,7 @@ class Config:
         """A peer's address on a link (links list peers in the order of ``nodes``)."""
         lk = next(x for x in self.links if x.name == link)
         return lk.peers[self.peers.index(peer)]
+
 
 
 def load(path: str | Path) -> Config:
@@ -225,7 +230,7 @@ def parse(r: Reader) -> Config:
         tname = tr.text("name")
         tcp = tr.endpoint("tcp") if tr.has("tcp") else None
         command = _argv(tr, "command", tr.value("command", None)) if tr.has("command") else None
-        timeout = tr.ms("timeout", 100, lo=1)
+        timeout = tr.ms("timeout", TRACK_TIMEOUT_MS, lo=1)
         if tr.has("ping"):
             addr = tr.text("ping")
             try:
@@ -237,7 +242,8 @@ def parse(r: Reader) -> Config:
         if sum(x is not None for x in (tcp, command)) != 1 or (tr.has("ping") and
                                                                tr.has("command")):
             raise tr.fail("tcp", "give exactly one of tcp, ping or command")
-        tracks.append(Track(tname, tcp, command, tr.ms("interval", 200, lo=10), timeout,
+        tracks.append(Track(tname, tcp, command, tr.ms("interval", TRACK_INTERVAL_MS, lo=10),
+                            timeout,
                             tr.integer("fall", 2, lo=1, hi=100),
                             tr.integer("rise", 2, lo=1, hi=100)))
         tr.done()

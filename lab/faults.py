@@ -105,11 +105,9 @@ class FirewallFault(Fault):
 
     def _inject(self, lab: Backend) -> float | None:
         """Returns the host's time of the first rule (the fault began with it)."""
-        took = None
-        for chain, spec in self.rules(lab):
-            t = lab.run_timed(self.host, ["iptables", "-I", chain, "1", *self._tagged(spec)])
-            took = t if took is None else took
-        return took
+        took = [lab.run_timed(self.host, ["iptables", "-I", chain, "1", *self._tagged(spec)])
+                for chain, spec in self.rules(lab)]
+        return took[0] if took else None
 
     def _heal(self, lab: Backend) -> None:
         for chain, spec in self.rules(lab):

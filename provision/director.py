@@ -8,6 +8,7 @@ web nodes' private addresses, health-checking nginx's ``/healthz``.
 
 from __future__ import annotations
 
+from heartbeat import config as hb_config
 from heartbeat.fsm import Timers
 from lab.backend import HostPaths, ServiceSpec
 from lab.topology import Host, Topology
@@ -97,10 +98,11 @@ def heartbeat_toml(topo: Topology, host: Host, paths: HostPaths, slowness: float
                          f"peers = [{', '.join(f'{chr(34)}{a}{chr(34)}' for a in peers)}]\n")
     vip = f"{topo.vip.address}/{topo.vip.network.subnet.prefixlen}"
     t = heartbeat_timers(slowness)
-    # the track's check too (defaults 200 ms apart, 100 ms to connect): at the defaults a
-    # connect under emulation timed out and gave the VIP away with the balancer running
+    # the track's check too: at its defaults a connect under emulation timed out and
+    # gave the VIP away with the balancer running
     track_pace = ("" if slowness == 1 else
-                  f"interval = {round(200 * slowness)}\ntimeout = {round(100 * slowness)}\n")
+                  f"interval = {round(hb_config.TRACK_INTERVAL_MS * slowness)}\n"
+                  f"timeout = {round(hb_config.TRACK_TIMEOUT_MS * slowness)}\n")
     pace = "" if slowness == 1 else f"; the defaults x{slowness:g}, for this lab's pace"
     ms = "\n".join(f"{k} = {round(getattr(t, k) * 1000)}"
                    for k in ("keepalive", "deadtime", "warntime", "initdead"))
