@@ -26,6 +26,33 @@ from pathlib import Path
 from lab.errors import HalabError
 from lab.topology import Host, Topology
 
+# run_timed's shell. $1 the input ('' for none), then the command. With input the
+# command is started on a pipe and watched (no process: bash builtins and /proc) until
+# it blocks reading it; the clock is read then, the input written. A command that ends
+# first reports its own failure; one that never reads is an error, after 60 s.
+_TIMED = r"""
+in=$1; shift
+if [ -z "$in" ]; then t=$EPOCHREALTIME; "$@" >/dev/null || exit; echo "$t"; exit 0; fi
+trap '' PIPE
+exec {to}> >(exec "$@" >/dev/null)
+p=$!
+exec {nap}<> <(:)
+end=$(( ${EPOCHREALTIME/./} + 60000000 ))
+until read -r w 2>/dev/null < /proc/$p/wchan; [[ $w == *pipe_read ]]; do
+  read -r st 2>/dev/null < /proc/$p/stat || break
+  st=${st##*) }; [[ $st == Z* ]] && break
+  if (( ${EPOCHREALTIME/./} > end )); then
+    echo "$1: not reading its input after 60 s" >&2; kill $p; exit 1
+  fi
+  read -r -t 0.002 -u $nap
+done
+t=$EPOCHREALTIME
+printf %s "$in" 2>/dev/null >&$to
+exec {to}>&-
+wait $p || exit
+echo "$t"
+"""
+
 
 @dataclass(frozen=True)
 class HostPaths:
@@ -138,14 +165,18 @@ class Backend(abc.ABC):
     ) -> Result:
         """Run ``argv`` on ``host``; raise HalabError if ``check`` and it fails."""
 
-    def run_timed(self, host: str, argv: Sequence[str], *, timeout: float = 30.0) -> float:
+    def run_timed(self, host: str, argv: Sequence[str], *, input: str | None = None,
+                  timeout: float = 30.0) -> float:
         """Run ``argv`` on ``host`` (checked, output dropped); return the host's clock
-        (epoch s) just before it began, read by bash an exec before it (no process):
-        when a fault made this way took effect, which a command's round trip (an SSH
-        one takes a second under TCG) would blur if timed here."""
-        res = self.run(host, ["bash", "-c", 'echo $EPOCHREALTIME; exec "$@" >/dev/null',
-                              "bash", *argv], timeout=timeout)
-        return float(res.text.split(maxsplit=1)[0])
+        (epoch s) when it acted: when a fault made this way took effect, which a
+        command's round trip (an SSH one takes a second under TCG) would blur if timed
+        here. With ``input``, the command is started first and the clock read once it
+        waits for its input, just before it is given: its start (under TCG several
+        hundred ms for `ip`) is not counted. Without, the clock is read just before
+        the command (a bash builtin such as ``kill`` runs as such, no process)."""
+        res = self.run(host, ["bash", "-c", _TIMED, "bash", input or "", *argv],
+                       timeout=timeout)
+        return float(res.text.split()[-1])
 
     @abc.abstractmethod
     def command(self, host: str, argv: Sequence[str]) -> list[str]:

@@ -577,12 +577,12 @@ class SshBackend(Backend):
                   ) -> float | None:
         """``ip link set down``: the host's lab interface goes dark (its addresses stay,
         as on a pulled cable; the management link is none of the lab's). Returns the
-        host's time just before (an SSH round trip can take a second under TCG)."""
+        host's time of the cut (an SSH round trip can take a second under TCG, the
+        start of `ip` there half of one: neither is counted)."""
         h = self.host(host)
         lines = [f"link set dev {i.name} {'up' if up else 'down'}" for i in h.interfaces
                  if networks is None or i.network.name in networks]
-        return self.run_timed(host, ["bash", "-c", "exec ip -batch - <<'EOF'\n"
-                                     + "\n".join(lines) + "\nEOF\n"])
+        return self.run_timed(host, ["ip", "-batch", "-"], input="\n".join(lines) + "\n")
 
     def power_off(self, host: str) -> float | None:
         """A stand-in for a power loss where no power switch is in reach: the lab links

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -67,42 +68,76 @@ def test_a_fault_took_effect_when_the_host_says_so(lab: Any) -> None:
 
 
 def test_every_fault_made_by_a_command_takes_the_hosts_time(lab: Any) -> None:
-    """Firewall rules, a signal, a stop: each is timed by the host that makes it (the
-    first rule of several is when the fault began)."""
-    stamps = iter([2000.5, 2001.0, 3000.0, 4000.0])
-    ran: list[list[str]] = []
+    """Firewall rules, a signal, a stop: each is timed by the host that makes it; a
+    firewall fault's rules are one commit, given as input (its start not counted)."""
+    stamps = iter([2000.5, 3000.0])
+    ran: list[tuple[list[str], str | None]] = []
 
-    def run_timed(host: str, argv: list[str], timeout: float = 30.0) -> float:
-        ran.append(argv)
+    def run_timed(host: str, argv: list[str], input: str | None = None,
+                  timeout: float = 30.0) -> float:
+        ran.append((argv, input))
         return next(stamps)
 
     lab.run_timed = run_timed
     lab.host = lambda name: SimpleNamespace(interfaces=[SimpleNamespace(name="eth1")])
     lab.stop_service = lambda host, name: 4000.0
     faults = Faults(lab)
-    assert faults.inject(faults_mod.Blackhole("web0")) == 2000.5  # INPUT, then OUTPUT
-    assert [a[:3] for a in ran] == [["iptables", "-I", "INPUT"], ["iptables", "-I", "OUTPUT"]]
+    assert faults.inject(faults_mod.Blackhole("web0")) == 2000.5
+    assert ran[0][0] == ["iptables-restore", "--noflush"]
+    assert ran[0][1] is not None and ran[0][1].splitlines() == [
+        "*filter",
+        "-I INPUT 1 -m comment --comment halab-fault-blackhole -i eth1 -j DROP",
+        "-I OUTPUT 1 -m comment --comment halab-fault-blackhole -o eth1 -j DROP",
+        "COMMIT"]
     signal = faults_mod.SignalService("web0", service="nginx")
     signal.pid = 42
-    assert signal._inject(lab) == 3000.0 and ran[-1] == ["kill", "-QUIT", "42"]
+    assert signal._inject(lab) == 3000.0 and ran[-1] == (["kill", "-QUIT", "42"], None)
     assert faults.inject(faults_mod.StopService("web1", service="nginx")) == 4000.0
+
+
+def _run_here(lag: float) -> Callable[..., Result]:
+    """A backend's ``run`` on this machine, ``lag`` seconds away (an SSH round trip)."""
+    def run(host: str, argv: list[str], *, timeout: float = 30.0) -> Result:
+        time.sleep(lag)  # the way there
+        p = subprocess.run(argv, capture_output=True, timeout=timeout)
+        if p.returncode:
+            raise HalabError(f"{host}: {p.stderr.decode().strip()}")
+        return Result(argv, p.returncode, p.stdout, p.stderr)
+    return run
 
 
 def test_run_timed_is_the_hosts_time_when_the_command_began(tmp_path: Path) -> None:
     """However long the way to the host takes, the time is the host's, taken just
     before the command, and the command ran."""
     lag = 0.3
-
-    def run(host: str, argv: list[str], *, timeout: float = 30.0) -> Result:
-        time.sleep(lag)  # the way there (an SSH round trip)
-        p = subprocess.run(argv, capture_output=True, check=True, timeout=timeout)
-        return Result(argv, p.returncode, p.stdout, p.stderr)
-
+    lab = SimpleNamespace(run=_run_here(lag))
     made = tmp_path / "made"
     before = time.time()
-    took = Backend.run_timed(SimpleNamespace(run=run), "web0",  # type: ignore[arg-type]
+    took = Backend.run_timed(lab, "web0",  # type: ignore[arg-type]
                              ["sh", "-c", f"echo noise; touch {made}"])
     assert made.exists() and before + lag <= took <= time.time()
+
+
+def test_run_timed_with_input_does_not_count_the_commands_start(tmp_path: Path) -> None:
+    """With input, the clock is read once the command waits for it: a slow start
+    (`ip` under TCG) is before the fault, the input's effect after the time."""
+    start = 0.3
+    made = tmp_path / "made"
+    lab = SimpleNamespace(run=_run_here(0.0))
+    before = time.time()
+    took = Backend.run_timed(lab, "web0",  # type: ignore[arg-type]
+                             ["sh", "-c", f"sleep {start}; read -r line; "
+                                          f"echo $line > {made}; date +%s.%N >> {made}"],
+                             input="cut\n")
+    line, acted = made.read_text().split()
+    assert line == "cut" and before + start <= took <= float(acted)
+
+
+def test_run_timed_with_input_reports_a_command_that_fails_first() -> None:
+    lab = SimpleNamespace(run=_run_here(0.0))
+    with pytest.raises(HalabError, match="unknown"):
+        Backend.run_timed(lab, "web0", ["sh", "-c", "echo unknown >&2; exit 3"],  # type: ignore[arg-type]
+                          input="x\n")
 
 
 def test_two_equal_faults_are_two_faults(lab: Any) -> None:
