@@ -72,9 +72,10 @@ class ServiceSpec:
     system's own (ssh.service, run with the lab's config); None: a unit is
     rendered from ``argv``. The service counts as ready once it listens
     on every TCP port in ``listens`` and ``ready_path`` (a socket, say) exists.
-    ``inputs`` fingerprints what it reads when it starts (its configuration): a
-    running service started with other inputs is restarted, one started with these
-    is left running (provisioning again changes nothing that did not change).
+    ``reads``: the files it reads when it starts (its configuration); ``inputs``
+    fingerprints them as provisioning writes them: a running service started with
+    other inputs is restarted, one started with these is left running (provisioning
+    again restarts only what a changed file concerns).
     """
 
     name: str
@@ -82,6 +83,7 @@ class ServiceSpec:
     listens: tuple[int, ...] = ()
     unit: str | None = None
     ready_path: str | None = None
+    reads: tuple[str, ...] = ()
     inputs: str = ""
 
 

@@ -60,6 +60,7 @@ def balancer_service(topo: Topology, python: str) -> ServiceSpec:
         argv=(python, "-m", "balancer", "-f", BALANCER_CONFIG),
         listens=(topo.ports.http, topo.ports.admin),
         unit="halab-balancer.service",
+        reads=(BALANCER_CONFIG,),
     )
 
 
@@ -142,4 +143,5 @@ def heartbeat_service(paths: HostPaths, python: str) -> ServiceSpec:
         argv=(python, "-m", "heartbeat", "-f", HEARTBEAT_CONFIG),
         ready_path=heartbeat_socket(paths),
         unit="halab-heartbeat.service",
+        reads=(HEARTBEAT_CONFIG, AUTHKEY),
     )

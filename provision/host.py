@@ -16,6 +16,7 @@ Directors run halab's balancer and heartbeat.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import secrets
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lab.backend import Backend, HostPaths, ServiceSpec
+from lab.errors import HalabError
 from lab.topology import Host, Role, Topology
 from provision import director, firewall, ssh, web
 
@@ -117,7 +119,7 @@ def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
         File("/etc/hosts", hosts_file(topo, host)),
         File(SYSCTL_FILE, sysctl_file(host)),
         File(IP6TABLES_FILE, firewall.render_v6(host)),
-        File("/etc/ssh/sshd_config", ssh.sshd_config(topo, host, paths, user_keys)),
+        File(ssh.SSHD_CONFIG, ssh.sshd_config(topo, host, paths, user_keys)),
         File("/etc/ssh/ssh_config", ssh.ssh_config(host)),
         File("/etc/ssh/ssh_known_hosts", ssh.known_hosts(topo, keys.host_public)),
         File("/etc/ssh/authorized_keys/root", keys.operator.public),
@@ -135,7 +137,7 @@ def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
     services = [ssh.sshd_service(topo)]
     if host.role is Role.WEB:
         files += [
-            File("/etc/nginx/nginx.conf", web.nginx_conf(topo, host, paths)),
+            File(web.NGINX_CONF, web.nginx_conf(topo, host, paths)),
             File(f"{web.docroot(paths)}/index.html", web.page(host)),
         ]
         commands.append(("mkdir", "-p", f"{paths.state}/nginx"))
@@ -152,10 +154,10 @@ def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
         ]
         services += [director.balancer_service(topo, python),
                      director.heartbeat_service(paths, python)]
-    # what the daemons read: any change restarts the host's services, none leaves them be
-    inputs = fingerprint(files)
+    # a service whose files changed restarts, the others are left be
     return HostPlan(host.name, tuple(files), tuple(commands),
-                    tuple(replace(s, inputs=inputs) for s in services),
+                    tuple(replace(s, inputs=fingerprint([f for f in files if f.path in s.reads]))
+                          for s in services),
                     at_boot=(FIREWALL_UNIT,),
                     rolling="" if host.role is Role.CLIENT else host.role.value)
 
@@ -208,10 +210,24 @@ def lab_keys(backend: Backend) -> LabKeys:
                 for h, key in own.items() if key is None}
         cluster_file = backend.control_dir / "authkey"
         if not cluster_file.exists():
-            _write_private(cluster_file, secrets.token_hex(32))
+            _write_private(cluster_file, running_authkey(backend) or secrets.token_hex(32))
         cluster = cluster_file.read_text().strip()
     public = {h: key or made[h].public for h, key in own.items()}
     return LabKeys(operator, public, cluster, {h: k.private for h, k in made.items()})
+
+
+def running_authkey(backend: Backend) -> str | None:
+    """The heartbeat key the directors already share, for a controller that has none
+    (hosts provisioned from another checkout, say): a new key would split the pair,
+    the restarted director deaf to the running one (each drops the other's packets,
+    both MASTER) until both restarted. None if no director has one (or they differ).
+    To change the key, write the new one to the control directory's ``authkey``."""
+    found = set()
+    for d in backend.topology.directors:
+        with contextlib.suppress(HalabError):  # (not provisioned yet, not up yet)
+            found.add(backend.read_file(d.name, director.AUTHKEY).decode().strip())
+    found.discard("")
+    return found.pop() if len(found) == 1 else None
 
 
 @contextmanager

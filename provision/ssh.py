@@ -21,6 +21,7 @@ from lab.topology import Host, Topology
 
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
 IDENTITY = "/etc/ssh/halab_operator_key"
+SSHD_CONFIG = "/etc/ssh/sshd_config"
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ def known_hosts(topo: Topology, host_keys: Mapping[str, str]) -> str:
 def sshd_service(topo: Topology) -> ServiceSpec:
     return ServiceSpec(
         name="sshd",
-        argv=("/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config"),
+        argv=("/usr/sbin/sshd", "-D", "-e", "-f", SSHD_CONFIG),
         listens=(topo.ports.ssh,),
         unit="ssh.service",
+        reads=(SSHD_CONFIG, HOST_KEY, HOST_KEY + ".pub"),
     )

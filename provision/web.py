@@ -12,6 +12,7 @@ from lab.backend import HostPaths, ServiceSpec
 from lab.topology import Host, Topology
 
 HEALTH_PATH = "/healthz"
+NGINX_CONF = "/etc/nginx/nginx.conf"
 
 
 def page(host: Host) -> str:
@@ -72,9 +73,10 @@ http {{
 def nginx_service(topo: Topology) -> ServiceSpec:
     return ServiceSpec(
         name="nginx",
-        argv=("nginx", "-e", "stderr", "-g", "daemon off;", "-c", "/etc/nginx/nginx.conf"),
+        argv=("nginx", "-e", "stderr", "-g", "daemon off;", "-c", NGINX_CONF),
         listens=(topo.ports.http,),
         # no unit: the distribution's nginx.service runs nginx its own way (pidfile,
         # daemon mode); a VM gets a unit rendered from the argv above
         unit=None,
+        reads=(NGINX_CONF,),
     )

@@ -7,8 +7,9 @@ from pathlib import Path
 from heartbeat.fsm import Timers
 from lab import topology as t
 from lab.backend import HostPaths
+from lab.errors import HalabError
+from provision import director, ssh, web
 from provision import host as ph
-from provision import ssh, web
 
 TOPO = t.load()
 KEYS = ph.LabKeys(
@@ -178,15 +179,29 @@ def test_files_are_written_before_commands_run(tmp_path: Path) -> None:
     assert "boot halab-firewall.service" in calls
 
 
-def test_services_carry_the_fingerprint_of_the_hosts_files() -> None:
-    """Provisioning again with the same files leaves the services running; any file
-    that changed (the heartbeat's timers, say) restarts them."""
+def test_each_service_carries_the_fingerprint_of_the_files_it_reads() -> None:
+    """Provisioning again with the same files leaves the services running; a file that
+    changed restarts what reads it (the heartbeat's timers: the heartbeat; sshd's own
+    config: sshd), nothing else."""
     p = plan("dir0")
-    assert {s.inputs for s in p.services} == {ph.fingerprint(p.files)}
+    by_path = {f.path: f for f in p.files}
+    for s in p.services:
+        assert s.reads and s.inputs == ph.fingerprint([by_path[r] for r in s.reads
+                                                      if r in by_path])
     assert plan("dir0").services == p.services  # rendered again: the same
+
+    def changed(q: ph.HostPlan) -> set[str]:
+        return {a.name for a, b in zip(p.services, q.services, strict=True)
+                if a.inputs != b.inputs}
+
     slower = ph.plan_host(TOPO, TOPO.hosts["dir0"], paths("dir0"), KEYS, slowness=3.0)
-    assert {s.inputs for s in slower.services}.isdisjoint({s.inputs for s in p.services})
+    assert changed(slower) == {"heartbeat"}
+    logins = ph.plan_host(TOPO, TOPO.hosts["dir0"], paths("dir0"), KEYS, user_keys=True)
+    assert changed(logins) == {"sshd"}
     assert plan("dir1").services[1].inputs != p.services[1].inputs
+    web = plan("web0")
+    assert {s.name for s in web.services} == {"sshd", "nginx"}
+    assert all(s.inputs for s in web.services)
 
 
 def test_the_director_pair_and_the_web_tier_restart_one_host_at_a_time(tmp_path: Path
@@ -268,6 +283,35 @@ def test_a_host_that_keeps_its_own_host_key_is_asked_for_it(tmp_path: Path) -> N
     client = {x.path for x in ph.plan_host(TOPO, TOPO.hosts["client"], paths("client"),
                                            keys).files}
     assert ssh.HOST_KEY in client
+
+
+def test_a_controller_without_a_heartbeat_key_takes_the_one_the_directors_share(
+        tmp_path: Path) -> None:
+    """Hosts provisioned from another checkout keep their pair's key (a new one would
+    leave the first restarted director deaf to the running one); directors that
+    disagree, or have none, get a new one; the controller's own key comes first."""
+    from lab.backends.netns import NetnsBackend
+
+    running = {"dir0": "k" * 64, "dir1": "k" * 64}
+
+    class Provisioned(NetnsBackend):
+        def read_file(self, host: str, path: str) -> bytes:
+            if path != director.AUTHKEY or host not in running:
+                raise HalabError(f"{host}: no file {path}")
+            return running[host].encode() + b"\n"
+
+    def cluster(control: str) -> str:
+        lab = Provisioned(TOPO)
+        lab.control_dir = tmp_path / control
+        return ph.lab_keys(lab).cluster
+
+    assert cluster("other-checkout") == "k" * 64
+    running["dir1"] = "j" * 64
+    made = cluster("disagree")
+    assert made not in ("k" * 64, "j" * 64) and len(made) == 64
+    assert cluster("disagree") == made  # kept on the controller from then on
+    del running["dir0"]
+    assert cluster("one-provisioned") == "j" * 64
 
 
 def test_hosts_with_their_own_users_keep_their_keys_and_pam() -> None:
