@@ -45,6 +45,7 @@ from lab.sdnotify import notify
 
 DEFAULT_CONFIG = "/etc/halab/heartbeat.toml"
 EVENTS_KEPT = 500
+DROP_LOG_INTERVAL = 10.0  # s: a dropped packet is logged, then at most this often per reason
 HANDOVER_MARK = "0x68"  # packets of the old master's connections
 HANDOVER_TABLE = "168"
 HANDOVER_CHAIN = "HALAB-HANDOVER"
@@ -136,6 +137,7 @@ class Daemon:
         self.path = path
         self.log = log
         self.counters: collections.Counter[str] = collections.Counter()
+        self._drops: dict[str, tuple[float, int]] = {}  # reason: (last logged, since)
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
         self.links: dict[str, Link] = {}
         self.seq = 0
@@ -253,15 +255,28 @@ class Daemon:
     # --- packets -------------------------------------------------------------------
     def received(self, data: bytes, addr: tuple[str, int], link: str, peers: set[str]) -> None:
         if addr[0] not in peers:
-            self.counters["dropped_unknown_source"] += 1
+            self.dropped("unknown_source", addr[0])
             return
         try:
             hb = wire.decode(data, self.key, self.cfg.cluster)
         except wire.WireError as e:
-            self.counters[f"dropped_{e.reason}"] += 1
+            self.dropped(e.reason, addr[0])
             return
         self.counters[f"received_{link}"] += 1
         self.perform(self.node.receive(hb, link, self.loop.time()))
+
+    def dropped(self, reason: str, source: str) -> None:
+        """Counted, and logged (at most every DROP_LOG_INTERVAL per reason, with how
+        many since): a peer with another key (``bad_mac``) is a split pair in the
+        making, and says so here, as keepalived logs its bad authentications."""
+        self.counters[f"dropped_{reason}"] += 1
+        now = self.loop.time()
+        last, since = self._drops.get(reason, (-DROP_LOG_INTERVAL, 0))
+        if now - last >= DROP_LOG_INTERVAL:
+            self.log.warning("packet_dropped", reason=reason, source=source, count=since + 1)
+            self._drops[reason] = (now, 0)
+        else:
+            self._drops[reason] = (last, since + 1)
 
     def send(self, action: fsm.Send) -> None:
         self.seq += 1

@@ -373,6 +373,13 @@ def test_forged_and_replayed_packets_are_counted_and_ignored(lab: Backend,
     assert seen == {"event_replay": 1, "dropped_bad_mac": 1, "dropped_wrong_cluster": 1,
                     "dropped_truncated": 1, "dropped_oversized": 1}
     assert state(lab, master) == "MASTER" and vip_holders(lab) == [master]
+    # and said in the log, with where they came from (a peer with another key: a pair
+    # about to split, as keepalived logs its bad authentications)
+    source = p.address("private")
+    wait_until(lambda: all(f"event=packet_dropped reason={r} source={source}"
+                           in lab.log_text(master, "heartbeat")
+                           for r in ("bad_mac", "wrong_cluster")),
+               3 * lab.slowness, "the dropped packets logged")
 
 
 def garps(lab: Backend, director: str) -> int:
