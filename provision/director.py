@@ -8,7 +8,6 @@ web nodes' private addresses, health-checking nginx's ``/healthz``.
 
 from __future__ import annotations
 
-from balancer.config import HealthConfig
 from heartbeat import config as hb_config
 from heartbeat.fsm import Timers
 from lab.backend import HostPaths, ServiceSpec
@@ -24,18 +23,12 @@ def balancer_socket(paths: HostPaths) -> str:
     return f"{paths.run}/balancer.sock"
 
 
-def balancer_toml(topo: Topology, host: Host, paths: HostPaths, slowness: float = 1.0) -> str:
-    """``slowness``: the lab's pace; a health check's timeout follows it (at 150 ms,
-    under emulation, both web nodes were seen marked DOWN at once while they served:
-    a clean 503 for nothing)."""
+def balancer_toml(topo: Topology, host: Host, paths: HostPaths) -> str:
     http = topo.ports.http
     binds = [f"{topo.vip.address}:{http}"] + [f"{i.address}:{http}" for i in host.interfaces]
     servers = "\n".join(
         f'[[servers]]\nname = "{w.name}"\naddress = "{w.address("private")}:{http}"\n'
         for w in topo.webs)
-    check_pace = ("" if slowness == 1 else
-                  f"timeout = {round(HealthConfig.timeout * 1000 * slowness)}"
-                  f"  # the default x{slowness:g}, for this lab's pace\n")
     return f"""\
 # halab balancer on {host.name}, rendered from lab/topology.yaml.
 # Validate with: halab-balancer --check -f {BALANCER_CONFIG}
@@ -54,7 +47,7 @@ algorithm = "roundrobin"
 [health]
 check = "http"
 path = "{web.HEALTH_PATH}"
-{check_pace}
+
 [admin]
 bind = "{host.address("private")}:{topo.ports.admin}"
 

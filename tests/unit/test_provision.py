@@ -91,24 +91,6 @@ def test_heartbeat_timers_follow_the_labs_pace() -> None:
     track = next(t for t in config.loads(plain).tracks if t.name == "balancer")
     assert (track.interval, track.timeout) == (0.2, 0.1)
 
-
-def test_the_balancers_check_timeout_follows_the_labs_pace() -> None:
-    """A health check that times out under emulation while the node serves would take
-    it out (both at once: a 503 for nothing); the other check timers stay as they are
-    (the ejection bounds)."""
-    from balancer import config
-
-    def health(q: ph.HostPlan) -> config.HealthConfig:
-        return config.loads({f.path: f for f in q.files}[director.BALANCER_CONFIG].content
-                            ).health
-
-    slow = health(ph.plan_host(TOPO, TOPO.hosts["dir0"], paths("dir0"), KEYS, slowness=5.0))
-    plain = health(plan("dir0"))
-    assert plain == config.HealthConfig(path=web.HEALTH_PATH)
-    assert slow.timeout == 5 * plain.timeout
-    assert (slow.inter, slow.fall) == (plain.inter, plain.fall)
-
-
 def test_balancer_config_from_topology() -> None:
     from balancer import config
 
@@ -199,7 +181,7 @@ def test_files_are_written_before_commands_run(tmp_path: Path) -> None:
 
 def test_each_service_carries_the_fingerprint_of_the_files_it_reads() -> None:
     """Provisioning again with the same files leaves the services running; a file that
-    changed restarts what reads it (the directors' timers: their daemons; sshd's own
+    changed restarts what reads it (the heartbeat's timers: the heartbeat; sshd's own
     config: sshd), nothing else."""
     p = plan("dir0")
     by_path = {f.path: f for f in p.files}
@@ -213,7 +195,7 @@ def test_each_service_carries_the_fingerprint_of_the_files_it_reads() -> None:
                 if a.inputs != b.inputs}
 
     slower = ph.plan_host(TOPO, TOPO.hosts["dir0"], paths("dir0"), KEYS, slowness=3.0)
-    assert changed(slower) == {"heartbeat", "balancer"}  # their timers
+    assert changed(slower) == {"heartbeat"}
     logins = ph.plan_host(TOPO, TOPO.hosts["dir0"], paths("dir0"), KEYS, user_keys=True)
     assert changed(logins) == {"sshd"}
     assert plan("dir1").services[1].inputs != p.services[1].inputs
