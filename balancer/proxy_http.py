@@ -405,6 +405,7 @@ class ClientConn(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.error: tuple[int, str] | None = None  # a limit hit inside a parser callback
         self.closing_requested = False  # the client half-closed: close once answered
+        self.lingering = False  # answered and half-closed: reading what is left (reject)
         self.corked = False
         self.hold = False  # keep a response head back until its body arrives
         self.out: list[bytes] = []
@@ -450,6 +451,9 @@ class ClientConn(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # The client finished sending: answer what was asked, then close.
+        if self.lingering:
+            self.lingering = False
+            return False  # (the transport closes: nothing left unread, no RST)
         self.closing_after_queue()
         return True
 
@@ -702,7 +706,11 @@ class ClientConn(asyncio.Protocol):
 
     def on_timeout(self, now: float) -> None:
         self.deadline = float("inf")
-        if self.in_head:
+        if self.lingering:
+            self.lingering = False
+            if self.transport is not None:
+                self.transport.close()
+        elif self.in_head:
             self.reject(408, "request not received in time")
         elif self.active is None and self.req is None:
             self.close()  # idle keep-alive connection
@@ -715,7 +723,27 @@ class ClientConn(asyncio.Protocol):
         if not quiet:
             self.bal.log.info("bad_request", client=self.peer, status=status, reason=reason)
         self.write(http.error_response(status, reason))
-        self.close()
+        self.linger()
+
+    def linger(self) -> None:
+        """Close after an answer given before the request had all arrived (a limit hit,
+        garbage), as nginx's lingering close: the answer, then FIN; the client's bytes
+        still on their way are read and dropped until it closes too or LINGER passes.
+        Closing at once would answer those bytes with a RST, and a RST makes the
+        client's kernel drop the answer it has not read yet."""
+        transport = self.transport
+        if transport is None or self.closing or not transport.can_write_eof():
+            self.close()
+            return
+        self.hold = False
+        self.uncork()
+        self.closing = True  # nothing more is parsed or written
+        self.lingering = True
+        transport.write_eof()
+        if self.paused:
+            self.paused = 0
+            transport.resume_reading()
+        self.deadline = self.bal.loop.time() + LINGER
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.paused:
@@ -740,6 +768,7 @@ class ClientConn(asyncio.Protocol):
 
 
 CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+LINGER = 2.0  # s: at most this long reading a rejected client's leftovers (nginx: 5)
 REASON_BYTES = {code: text.encode() for code, text in http.REASONS.items()}
 
 
