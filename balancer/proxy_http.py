@@ -735,14 +735,10 @@ class ClientConn(asyncio.Protocol):
         if transport is None or self.closing or not transport.can_write_eof():
             self.close()
             return
-        self.hold = False
-        self.uncork()
-        self.closing = True  # nothing more is parsed or written
+        self.resume_reading()  # (while not yet closing: the leftovers must be read)
+        self._last_output()
         self.lingering = True
         transport.write_eof()
-        if self.paused:
-            self.paused = 0
-            transport.resume_reading()
         self.deadline = self.bal.loop.time() + LINGER
 
     def pause_reading(self) -> None:
@@ -756,12 +752,16 @@ class ClientConn(asyncio.Protocol):
             if self.transport is not None and not self.closing:
                 self.transport.resume_reading()
 
-    def close(self) -> None:
-        if self.closing:
-            return
+    def _last_output(self) -> None:
+        """What is held back goes out; from now on nothing is parsed or written."""
         self.hold = False
         self.uncork()
         self.closing = True
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self._last_output()
         self.deadline = float("inf")
         if self.transport is not None:
             self.transport.close()

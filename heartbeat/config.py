@@ -125,7 +125,6 @@ class Config:
         return lk.peers[self.peers.index(peer)]
 
 
-
 def load(path: str | Path) -> Config:
     return parse(Reader.load(path))
 
@@ -242,8 +241,8 @@ def parse(r: Reader) -> Config:
         if sum(x is not None for x in (tcp, command)) != 1 or (tr.has("ping") and
                                                                tr.has("command")):
             raise tr.fail("tcp", "give exactly one of tcp, ping or command")
-        tracks.append(Track(tname, tcp, command, tr.ms("interval", TRACK_INTERVAL_MS, lo=10),
-                            timeout,
+        tracks.append(Track(tname, tcp, command,
+                            tr.ms("interval", TRACK_INTERVAL_MS, lo=10), timeout,
                             tr.integer("fall", 2, lo=1, hi=100),
                             tr.integer("rise", 2, lo=1, hi=100)))
         tr.done()

@@ -91,6 +91,7 @@ def test_heartbeat_timers_follow_the_labs_pace() -> None:
     track = next(t for t in config.loads(plain).tracks if t.name == "balancer")
     assert (track.interval, track.timeout) == (0.2, 0.1)
 
+
 def test_balancer_config_from_topology() -> None:
     from balancer import config
 
