@@ -137,6 +137,9 @@ class _Collector:
         yield codes
         yield GaugeMetricFamily("halab_balancer_queue", "Requests waiting for a server slot",
                                 value=fe["queued"])
+        yield CounterMetricFamily("halab_balancer_last_resort_attempts",
+                                  "Attempts on a DOWN server because every server was DOWN",
+                                  value=fe["last_resort"])
         gauges: dict[str, tuple[str, Callable[[dict[str, Any]], int]]] = {
             "up": ("Server is UP (1) or DOWN (0)", lambda s: 1 if s["up"] else 0),
             "usable": ("Server takes new requests (UP and ready)",
@@ -190,7 +193,7 @@ async def ask(path: str, line: str, timeout: float = 2.0) -> str:
 SUMMED = ("active", "idle_pooled", "requests", "connect_errors", "response_errors", "retries",
           "redispatches", "bytes_in", "bytes_out", "downs", "checks_failed")
 FE_SUMMED = ("connections", "current", "requests", "bad_requests", "queued", "queue_timeouts",
-             "refused")
+             "refused", "last_resort")
 
 
 def merge(snaps: list[dict[str, Any]]) -> dict[str, Any]:

@@ -18,10 +18,11 @@ from typing import Any
 
 from balancer.config import Config, ServerConfig
 from balancer.health import Health, Transition
-from balancer.scheduler import Admin, Scheduler, Server, Verdict
+from balancer.scheduler import Admin, Pick, Scheduler, Server, Verdict
 from lab.logs import EventLog
 
 SWEEP_INTERVAL = 0.05  # timeout resolution, seconds
+TIMED_OUT = "check timeout"  # an active check's reason when the server never answered
 
 
 @dataclass
@@ -71,6 +72,7 @@ class FrontendStats:
     queued: int = 0
     queue_timeouts: int = 0
     refused: int = 0  # connections over the global maxconn
+    last_resort: int = 0  # attempts on a DOWN server because every server was DOWN
 
 
 class Balancer:
@@ -87,6 +89,7 @@ class Balancer:
         self.scheduler = Scheduler([], config.algorithm)
         self.sweeper: asyncio.Task[None] | None = None
         self._maxconn_logged = -1.0
+        self._last_resort_logged = -1.0
         for sc in config.servers:
             self._add_server(sc)
 
@@ -146,14 +149,18 @@ class Balancer:
             await asyncio.sleep(rt.health.next_delay())
             if rt.server.admin is Admin.MAINT:
                 continue
+            began = self.loop.time()
             ok, reason = await self.check_once(rt.server)
             if not ok:
                 rt.stats.checks_failed += 1
-            tr = rt.health.check_result(ok, reason, self.loop.time())
+            tr = rt.health.check_result(ok, reason, self.loop.time(),
+                                        timed_out_from=began if reason == TIMED_OUT else None)
             if tr is not None:
                 self.apply(rt, tr, source="check")
 
     async def check_once(self, server: Server) -> tuple[bool, str]:
+        """(ok, reason) of one active check; the reason is ``TIMED_OUT`` when the server
+        gave no answer at all within the check's timeout."""
         h = self.config.health
         try:
             async with asyncio.timeout(h.timeout):
@@ -168,7 +175,7 @@ class Balancer:
                 finally:
                     writer.close()
         except TimeoutError:
-            return False, f"check timeout ({int(h.timeout * 1000)} ms)"
+            return False, TIMED_OUT
         except ConnectionRefusedError:
             return False, "connection refused"
         except OSError as e:
@@ -239,14 +246,8 @@ class Balancer:
         deadline = self.loop.time() + self.config.timeouts.queue
         while True:
             pick = self.scheduler.pick(self.loop.time(), client, ex)
-            if pick.verdict is Verdict.NONE and ex:
-                # Every other server failed already: the same one may be tried again.
-                pick = self.scheduler.pick(self.loop.time(), client)
             if pick.verdict is Verdict.OK:
-                assert pick.server is not None
-                rt = self.runtimes[pick.server.name]
-                self.scheduler.acquire(rt.server)
-                return rt
+                return self.take(pick)
             if pick.verdict is Verdict.NONE:
                 return None
             left = deadline - self.loop.time()
@@ -265,6 +266,20 @@ class Balancer:
                 self.frontend.queued -= 1
                 if fut in self.waiters:
                     self.waiters.remove(fut)
+
+    def take(self, pick: Pick) -> ServerRuntime:
+        """The runtime of a server the scheduler picked, its slot taken."""
+        assert pick.server is not None
+        rt = self.runtimes[pick.server.name]
+        self.scheduler.acquire(rt.server)
+        if pick.last_resort:
+            self.frontend.last_resort += 1
+            now = self.loop.time()
+            if now - self._last_resort_logged >= 1.0:  # once a second at most
+                self._last_resort_logged = now
+                self.log.warning("all_servers_down", tried=rt.name,
+                                 last_resort=self.frontend.last_resort)
+        return rt
 
     def release(self, rt: ServerRuntime) -> None:
         self.scheduler.release(rt.server)
@@ -370,6 +385,7 @@ class Balancer:
                 "queued": fe.queued,
                 "queue_timeouts": fe.queue_timeouts,
                 "refused": fe.refused,
+                "last_resort": fe.last_resort,
             },
             "servers": servers,
         }

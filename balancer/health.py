@@ -10,9 +10,15 @@ States and rules (HAProxy's model):
   server) make an UP server DOWN at once; any good response resets the count.
   ``error_limit = 0`` turns passive observation off. Coming back UP always
   takes ``rise`` good active checks (or an admin command).
+* Passive evidence counts the other way too: a check that got no answer at
+  all (timed out) while real traffic got a good response from the server is
+  *inconclusive*: the server was answering, the check was slow (a loaded
+  host). It counts neither way, and the next check comes after ``fastinter``.
+  A refused or failed check always counts; so does a timed-out one with no
+  good traffic since it began (a silent server answers nobody).
 * The next check is due after ``inter`` while stably UP, ``fastinter`` while
-  the state is changing (some failures while UP, some successes while DOWN)
-  and ``downinter`` while stably DOWN.
+  the state is changing (some failures while UP, some successes while DOWN,
+  an inconclusive check) and ``downinter`` while stably DOWN.
 
 Every transition is returned as a :class:`Transition` (new state, reason, time)
 for the caller to apply and log.
@@ -41,12 +47,14 @@ class Health:
         self.successes = 0  # consecutive good checks (counts while DOWN)
         self.failures = 0  # consecutive failed checks (counts while UP)
         self.passive_errors = 0
+        self.last_good: float | None = None  # real traffic's last good response
+        self.inconclusive = False  # the last check timed out while traffic was answered
         self.last_check: str = "none"
         self.last_check_at: float | None = None
 
     def next_delay(self) -> float:
         p = self.params
-        if (self.up and self.failures) or (not self.up and self.successes):
+        if self.inconclusive or (self.up and self.failures) or (not self.up and self.successes):
             return p.fastinter
         return p.inter if self.up else p.downinter
 
@@ -56,9 +64,17 @@ class Health:
         self.successes = self.failures = self.passive_errors = 0
         return Transition(up, reason, now)
 
-    def check_result(self, ok: bool, reason: str, now: float) -> Transition | None:
+    def check_result(self, ok: bool, reason: str, now: float,
+                     timed_out_from: float | None = None) -> Transition | None:
+        """An active check's outcome; ``timed_out_from``: it got no answer at all, and
+        began then."""
         self.last_check = reason
         self.last_check_at = now
+        self.inconclusive = (not ok and timed_out_from is not None
+                             and self.last_good is not None and self.last_good >= timed_out_from)
+        if self.inconclusive:
+            self.last_check = f"{reason}, inconclusive: traffic was answered meanwhile"
+            return None
         if ok:
             self.failures = 0
             if not self.up:
@@ -77,6 +93,7 @@ class Health:
         """An outcome of real traffic."""
         if ok:
             self.passive_errors = 0
+            self.last_good = now
             return None
         if not self.up or self.error_limit == 0:
             return None

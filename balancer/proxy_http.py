@@ -541,17 +541,10 @@ class ClientConn(asyncio.Protocol):
     def dispatch(self, req: Request) -> None:
         """Choose a server for ``req`` and start an attempt on it."""
         bal = self.bal
-        sched = bal.scheduler
-        now = bal.loop.time()
         exclude = req.tried if bal.config.redispatch else ()
-        pick = sched.pick(now, self.peer, exclude)
-        if pick.verdict is Verdict.NONE and exclude:
-            pick = sched.pick(now, self.peer)  # every other server failed: this one again
+        pick = bal.scheduler.pick(bal.loop.time(), self.peer, exclude)
         if pick.verdict is Verdict.OK:
-            assert pick.server is not None
-            rt = bal.runtimes[pick.server.name]
-            sched.acquire(rt.server)
-            self.attempt(req, rt)
+            self.attempt(req, bal.take(pick))
         elif pick.verdict is Verdict.NONE:
             self.respond_error(req, 503, "no server is available" + req.last_error)
         else:  # every usable server is at maxconn: wait in the queue (off the hot path)

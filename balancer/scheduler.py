@@ -19,7 +19,14 @@ Rules:
 * ``slowstart``: after rejoining, a server's effective weight ramps from
   1/weight up to its weight over the slowstart time.
 * weight 0 means never chosen (while other servers are usable).
-* ``exclude`` lets the caller redispatch a retry to another server.
+* ``exclude`` lets the caller redispatch a retry to another server; when every
+  other usable server is excluded (they failed this request already), an
+  excluded usable one may be picked again.
+* Last resort (nginx does the same): when no server is usable because every
+  READY one is DOWN, they are tried anyway, primaries before backups, each at
+  most once per request (``exclude``), before the answer is NONE. A check can
+  be wrong (a loaded host's check times out on a server that serves): then a
+  DOWN verdict costs latency, not a 503. DRAIN and MAINT are never picked.
 """
 
 from __future__ import annotations
@@ -80,6 +87,7 @@ class Verdict(StrEnum):
 class Pick:
     verdict: Verdict
     server: Server | None = None
+    last_resort: bool = False  # every READY server is DOWN: this one is tried anyway
 
 
 class Scheduler:
@@ -89,20 +97,25 @@ class Scheduler:
         self.servers = list(servers)
         self.algorithm = algorithm
 
-    def candidates(self, exclude: Iterable[str] = ()) -> list[Server]:
-        """Usable primaries, else usable backups (excluded names left out)."""
+    def candidates(self, exclude: Iterable[str] = (), up: bool = True) -> list[Server]:
+        """READY primaries whose health is ``up``, else such backups (excluded names
+        left out)."""
         primaries: list[Server] = []
         backups: list[Server] = []
         for s in self.servers:
-            if s.up and s.admin is Admin.READY and (not exclude or s.name not in exclude):
+            if s.up is up and s.admin is Admin.READY and (not exclude or s.name not in exclude):
                 (backups if s.backup else primaries).append(s)
         return primaries or backups
 
     def pick(self, now: float, client: str | None = None,
              exclude: Iterable[str] = ()) -> Pick:
-        cands = self.candidates(exclude)
+        exclude = tuple(exclude)
+        cands = self.candidates(exclude) or (self.candidates() if exclude else [])
         if not cands:
-            return Pick(Verdict.NONE)
+            down = self.candidates(exclude, up=False)
+            if not down:
+                return Pick(Verdict.NONE)
+            return Pick(Verdict.OK, self._smooth_rr(down, now), last_resort=True)
         if any(s.weight == 0 for s in cands):
             cands = [s for s in cands if s.effective_weight(now) > 0] or cands
         open_ = [s for s in cands if not s.full] if any(s.maxconn for s in cands) else cands

@@ -241,6 +241,61 @@ def test_no_server_gives_a_clear_503(tmp_path: Path) -> None:
         'reason="connection refused"' in r.log.read_text()
 
 
+def test_every_server_down_is_tried_anyway(tmp_path: Path) -> None:
+    """DOWN is a verdict that can be wrong: with every server DOWN but serving, the
+    client is served (nginx's behaviour), and the attempts are counted and logged."""
+    a, b = Backend("a").start(), Backend("b").start()
+    sock = str(tmp_path / "s.sock")
+    try:
+        with running(tmp_path, [a, b], socket_path=sock,
+                     extra="[health]\ncheck = \"none\"\n") as r:
+            for name in ("a", "b"):
+                send(sock, f"set server {name} health down")
+            results = [get(r.port) for _ in range(6)]
+            assert [st for st, _, _ in results] == [200] * 6
+            assert {body for _, body, _ in results} == {b"a\n", b"b\n"}
+            snap = json.loads(send(sock, "show stat json"))
+            assert {s["state"] for s in snap["servers"]} == {"DOWN"}
+            assert snap["frontend"]["last_resort"] == 6
+            b.stop()  # a refusing one is skipped for the other within the request
+            assert [get(r.port)[:2] for _ in range(4)] == [(200, b"a\n")] * 4
+            a.stop()  # none answers: a clean 503 after each was tried once
+            status, body, _ = get(r.port)
+            assert status == 503 and b"no server is available" in body
+        assert "all_servers_down" in r.log.read_text()
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_check_timing_out_on_a_server_that_serves_is_inconclusive(tmp_path: Path) -> None:
+    """Checks slower than their timeout (a loaded host) do not take down servers that
+    answer real traffic meanwhile; once the traffic stops, the same checks count."""
+    a, b = Backend("a").start(), Backend("b").start()
+    sock = str(tmp_path / "s.sock")
+    slow_checks = '[health]\npath = "/slow?ms=300"\ntimeout = 100\ninter = 150\n'
+    try:
+        with running(tmp_path, [a, b], socket_path=sock, extra=slow_checks) as r:
+            def servers() -> dict[str, dict[str, object]]:
+                return {s["name"]: s for s in
+                        json.loads(send(sock, "show stat json"))["servers"]}
+
+            deadline = time.monotonic() + 1.5  # a client loop, bounded in time and count
+            for _ in range(3000):
+                assert get(r.port)[0] == 200
+                if time.monotonic() > deadline:
+                    break
+            seen = servers()
+            assert all(s["checks_failed"] >= 3 for s in seen.values()), seen
+            assert all(s["state"] == "UP" and s["downs"] == 0 for s in seen.values()), seen
+            assert "inconclusive" in str(seen["a"]["last_check"])
+            wait_until(lambda: {s["state"] for s in servers().values()} == {"DOWN"}, 5,
+                       "both DOWN once no traffic answers during their checks")
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_reload_keeps_the_listener_and_applies_weights(tmp_path: Path) -> None:
     a, b = Backend("a").start(), Backend("b").start()
     try:

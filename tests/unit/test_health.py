@@ -79,3 +79,48 @@ def test_state_only_changes_after_enough_consecutive_results(results: list[bool]
             assert (run_ok >= P.rise) if tr.up else (run_bad >= P.fall)
             run_ok = run_bad = 0
         assert (tr is not None) == (h.up != was)
+
+
+def test_a_timed_out_check_while_traffic_is_answered_is_inconclusive() -> None:
+    """Passive evidence counts both ways: a check that got no answer while real traffic
+    was answered (a loaded host, a slow check) neither fails the server nor passes it;
+    the next check comes soon."""
+    h = Health(P, 2, 0.0)
+    for t in (1.0, 2.0, 3.0, 4.0):  # fall = 3, and more
+        h.observe(True, "http 200", t + 0.05)  # answered while the check was out
+        assert h.check_result(False, "check timeout", t + 0.15, timed_out_from=t) is None
+        assert h.up and h.failures == 0 and h.next_delay() == P.fastinter
+        assert "inconclusive" in h.last_check
+    assert h.check_result(True, "http 200", 5.0) is None
+    assert h.next_delay() == P.inter
+
+
+def test_a_timed_out_check_counts_without_traffic_answered_during_it() -> None:
+    h = Health(P, 2, 0.0)
+    h.observe(True, "http 200", 0.99)  # before the check began: the server may have died
+    assert h.check_result(False, "check timeout", 1.15, timed_out_from=1.0) is None
+    assert h.failures == 1
+    assert h.check_result(False, "check timeout", 1.4, timed_out_from=1.25) is None
+    tr = h.check_result(False, "check timeout", 1.65, timed_out_from=1.5)
+    assert tr is not None and not tr.up
+
+
+def test_a_refused_check_counts_whatever_the_traffic() -> None:
+    h = Health(P, 0, 0.0)  # passive errors off: only the checks decide
+    for t in (1.0, 2.0):
+        h.observe(True, "http 200", t + 0.01)
+        assert h.check_result(False, "connection refused", t + 0.02) is None
+    h.observe(True, "http 200", 3.01)
+    tr = h.check_result(False, "connection refused", 3.02)
+    assert tr is not None and not tr.up
+
+
+def test_an_inconclusive_check_leaves_a_down_server_down() -> None:
+    h = Health(P, 2, 0.0)
+    h.force(False, "down", 0.0)
+    h.check_result(True, "http 200", 1.0)
+    h.observe(True, "http 200", 1.1)  # a last-resort request it answered
+    assert h.check_result(False, "check timeout", 1.3, timed_out_from=1.05) is None
+    assert not h.up and h.successes == 1
+    tr = h.check_result(True, "http 200", 1.4)
+    assert tr is not None and tr.up

@@ -64,11 +64,42 @@ def test_drain_and_maint_get_no_new_requests() -> None:
     assert set(sequence(s, 4)) == {"a", "c"}
 
 
-def test_no_usable_server() -> None:
-    srv = servers(1, 1)
+def test_every_server_down_is_tried_anyway_once_each() -> None:
+    """A DOWN verdict may be a check's mistake: with none UP, each READY server is
+    tried once per request (exclude) before the answer is NONE (a 503)."""
+    srv = servers(1, 1, 1)
     s = Scheduler(srv)
     for x in srv:
         s.set_up(x, False, 0.0)
+    tried: list[str] = []
+    for _ in range(3):
+        p = s.pick(0.0, exclude=tried)
+        assert p.verdict is Verdict.OK and p.last_resort and p.server is not None
+        tried.append(p.server.name)
+    assert sorted(tried) == ["a", "b", "c"]
+    assert s.pick(0.0, exclude=tried).verdict is Verdict.NONE
+    # a request that tries again without excluding takes its turn in the rotation
+    assert set(sequence(s, 6)) == {"a", "b", "c"}
+
+
+def test_last_resort_only_when_none_is_up_and_never_drained_or_maint() -> None:
+    srv = servers(1, 1, 1, 1, backup=(3,))
+    s = Scheduler(srv)
+    s.set_up(srv[0], False, 0.0)
+    p = s.pick(0.0)
+    assert p.verdict is Verdict.OK and not p.last_resort and p.server is not srv[0]
+    for x in srv[:3]:
+        s.set_up(x, False, 0.0)
+    p = s.pick(0.0)  # an UP backup is usable: no last resort
+    assert p.server is srv[3] and not p.last_resort
+    s.set_up(srv[3], False, 0.0)
+    srv[1].admin, srv[2].admin = Admin.DRAIN, Admin.MAINT
+    picks = {s.pick(0.0).server.name for _ in range(4)}  # type: ignore[union-attr]
+    assert picks == {"a"}  # DOWN primaries before DOWN backups; drain/maint never
+    srv[0].admin = Admin.MAINT
+    p = s.pick(0.0)
+    assert p.server is srv[3] and p.last_resort
+    srv[3].admin = Admin.DRAIN
     assert s.pick(0.0).verdict is Verdict.NONE
 
 
@@ -97,7 +128,9 @@ def test_exclude_redispatches() -> None:
     for _ in range(6):
         p = s.pick(0.0, exclude=["a"])
         assert p.server is not None and p.server.name != "a"
-    assert s.pick(0.0, exclude=["a", "b", "c"]).verdict is Verdict.NONE
+    # every usable server failed this request already: one of them again, not a 503
+    again = s.pick(0.0, exclude=["a", "b", "c"])
+    assert again.verdict is Verdict.OK and not again.last_resort
 
 
 def test_slowstart_ramps_the_weight() -> None:
