@@ -8,6 +8,7 @@ web nodes' private addresses, health-checking nginx's ``/healthz``.
 
 from __future__ import annotations
 
+from balancer import config as bal_config
 from heartbeat import config as hb_config
 from heartbeat.fsm import Timers
 from lab.backend import HostPaths, ServiceSpec
@@ -23,12 +24,17 @@ def balancer_socket(paths: HostPaths) -> str:
     return f"{paths.run}/balancer.sock"
 
 
-def balancer_toml(topo: Topology, host: Host, paths: HostPaths) -> str:
+def balancer_toml(topo: Topology, host: Host, paths: HostPaths, slowness: float = 1.0) -> str:
+    """``slowness``: the lab's pace (Backend.slowness). What waits on a host's execution
+    follows it: the connect timeout and the health check's timeout (under software
+    emulation a check's 150 ms timed out on nodes that served); the check intervals and
+    ``rise``/``fall`` stay, so ejection keeps the pace its configuration promises."""
     http = topo.ports.http
     binds = [f"{topo.vip.address}:{http}"] + [f"{i.address}:{http}" for i in host.interfaces]
     servers = "\n".join(
         f'[[servers]]\nname = "{w.name}"\naddress = "{w.address("private")}:{http}"\n'
         for w in topo.webs)
+    pace = "" if slowness == 1 else f"\n# timeouts: the defaults x{slowness:g}, for this lab's pace"
     return f"""\
 # halab balancer on {host.name}, rendered from lab/topology.yaml.
 # Validate with: halab-balancer --check -f {BALANCER_CONFIG}
@@ -43,10 +49,14 @@ mode = "http"
 
 [backend]
 algorithm = "roundrobin"
+{pace}
+[timeouts]  # milliseconds
+connect = {round(bal_config.Timeouts().connect * slowness * 1000)}
 
 [health]
 check = "http"
 path = "{web.HEALTH_PATH}"
+timeout = {round(bal_config.HealthConfig().timeout * slowness * 1000)}
 
 [admin]
 bind = "{host.address("private")}:{topo.ports.admin}"

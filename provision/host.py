@@ -144,7 +144,7 @@ def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
         services.append(web.nginx_service(topo))
     if host.role is Role.DIRECTOR:
         files += [
-            File(director.BALANCER_CONFIG, director.balancer_toml(topo, host, paths)),
+            File(director.BALANCER_CONFIG, director.balancer_toml(topo, host, paths, slowness)),
             File(director.HEARTBEAT_CONFIG, director.heartbeat_toml(topo, host, paths, slowness)),
             File(director.AUTHKEY, keys.cluster + "\n", 0o600),
         ]

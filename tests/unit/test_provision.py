@@ -92,6 +92,26 @@ def test_heartbeat_timers_follow_the_labs_pace() -> None:
     assert (track.interval, track.timeout) == (0.2, 0.1)
 
 
+def test_balancer_timeouts_follow_the_labs_pace() -> None:
+    """What waits on a host's execution (a connect, a health check's answer) is five
+    times longer under software emulation; the check intervals and rise/fall, which set
+    how fast a dead server is ejected, stay the defaults."""
+    from balancer import config
+
+    def rendered(slowness: float) -> config.Config:
+        p = ph.plan_host(TOPO, TOPO.hosts["dir0"], paths("dir0"), KEYS, slowness=slowness)
+        return config.loads({f.path: f for f in p.files}["/etc/halab/balancer.toml"].content)
+
+    plain, slow = rendered(1.0), rendered(5.0)
+    d, dt = config.HealthConfig(), config.Timeouts()
+    assert plain.health == d and plain.timeouts == dt
+    assert slow.health.timeout == 5 * d.timeout and slow.timeouts.connect == 5 * dt.connect
+    assert (slow.health.inter, slow.health.fastinter, slow.health.downinter,
+            slow.health.rise, slow.health.fall) == (d.inter, d.fastinter, d.downinter,
+                                                    d.rise, d.fall)
+    assert slow.timeouts.server == dt.server
+
+
 def test_balancer_config_from_topology() -> None:
     from balancer import config
 
@@ -182,8 +202,8 @@ def test_files_are_written_before_commands_run(tmp_path: Path) -> None:
 
 def test_each_service_carries_the_fingerprint_of_the_files_it_reads() -> None:
     """Provisioning again with the same files leaves the services running; a file that
-    changed restarts what reads it (the heartbeat's timers: the heartbeat; sshd's own
-    config: sshd), nothing else."""
+    changed restarts what reads it (the lab's pace: the heartbeat's timers and the
+    balancer's timeouts, both daemons; sshd's own config: sshd), nothing else."""
     p = plan("dir0")
     by_path = {f.path: f for f in p.files}
     for s in p.services:
@@ -196,7 +216,7 @@ def test_each_service_carries_the_fingerprint_of_the_files_it_reads() -> None:
                 if a.inputs != b.inputs}
 
     slower = ph.plan_host(TOPO, TOPO.hosts["dir0"], paths("dir0"), KEYS, slowness=3.0)
-    assert changed(slower) == {"heartbeat"}
+    assert changed(slower) == {"heartbeat", "balancer"}
     logins = ph.plan_host(TOPO, TOPO.hosts["dir0"], paths("dir0"), KEYS, user_keys=True)
     assert changed(logins) == {"sshd"}
     assert plan("dir1").services[1].inputs != p.services[1].inputs
