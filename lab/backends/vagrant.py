@@ -16,6 +16,12 @@ lab/vmhost.py: ``HALAB_VMHOST``).
 * ``prepare`` (before provisioning): as the ssh backend's (halab from a wheelhouse
   built from the checkout, ``--no-index``: the VMs may have no internet), and, with
   halab's own libvirtd, the VM's clock set to follow this machine's
+* the driver (``HALAB_VM_DRIVER``: kvm, or qemu for TCG, 5x slower) is recorded by
+  ``up`` and by provisioning (``.vagrant/halab/driver``; the trigger's path under a
+  plain ``vagrant up``), so a later run without the variable keeps the lab's pace;
+  ``down`` forgets it
+* ``is_up`` is cheap and harmless (the suite asks it to choose its lab): no VM recorded
+  under ``.vagrant``, no libvirt or no Vagrant is "not up", and nothing is started
 * the VMs get the lab's own SSH host keys (made on the controller, so known_hosts
   is complete before the VMs exist); Vagrant's login checks none (a VM made again
   has new keys until it is provisioned)
@@ -42,6 +48,7 @@ from lab.inventory import Target
 from lab.topology import Topology
 
 PUBLIC_BOX = "debian/bookworm64"
+DRIVER_ENV = "HALAB_VM_DRIVER"
 
 
 def vagrant_dir() -> Path:
@@ -71,7 +78,7 @@ class VagrantBackend(SshBackend):
         super().__init__(topology)
         self.root = root or vagrant_dir()
         self.control_dir = self.root / ".vagrant" / "halab"
-        self.driver = os.environ.get("HALAB_VM_DRIVER", "kvm")
+        self.driver = os.environ.get(DRIVER_ENV) or self._recorded_driver() or "kvm"
         # software emulation is an order of magnitude slower: so are a command's limits
         self.slowness = 5.0 if self.driver == "qemu" else 1.0
         # hosts this backend powered off: a command there fails at once, as it would on
@@ -80,6 +87,23 @@ class VagrantBackend(SshBackend):
         self._clock: str | None = None
 
     # vagrant and virsh ---------------------------------------------------------
+
+    def _recorded_driver(self) -> str | None:
+        """The driver this lab was brought up with (``_record_driver``), if any."""
+        try:
+            return (self.control_dir / "driver").read_text().strip() or None
+        except OSError:
+            return None
+
+    def _record_driver(self) -> None:
+        """Remember the driver for runs without $HALAB_VM_DRIVER (written whole, then
+        renamed: the other VMs' provisioning, running meanwhile, may be reading it)."""
+        if self._recorded_driver() == self.driver:
+            return
+        self.control_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.control_dir / f"driver.{os.getpid()}"
+        tmp.write_text(f"{self.driver}\n")
+        tmp.replace(self.control_dir / "driver")
 
     def _vagrant_env(self) -> dict[str, str]:
         e = vmhost.vm_env()
@@ -121,17 +145,21 @@ class VagrantBackend(SshBackend):
         return vmhost.run(["virsh", *args], check=check).stdout.decode(errors="replace")
 
     def is_up(self) -> bool:
-        if not vmhost.available():
-            return False
+        """Every host's VM runs. Asks libvirt only when Vagrant recorded a VM for every
+        host in this checkout; never starts anything, never raises."""
         try:
-            running = self.virsh("list", "--uuid").split()
-            return all(self.domain(h) in running for h in self.topology.hosts)
-        except HalabError:
+            domains = [self.domain(h) for h in self.topology.hosts]
+            if not vmhost.available():
+                return False
+            running = vmhost.run(["virsh", "list", "--uuid"], timeout=15).stdout.split()
+        except (HalabError, OSError, subprocess.SubprocessError):  # (no virsh, no answer)
             return False
+        return all(d.encode() in running for d in domains)
 
     # up and down ------------------------------------------------------------
 
     def up(self) -> None:
+        self._record_driver()
         vmhost.start(self.driver)
         self._register_box()
         self._wheelhouse()  # once, before the VMs' provisioning runs want it
@@ -169,6 +197,7 @@ class VagrantBackend(SshBackend):
         (self.control_dir / "ssh_config").unlink(missing_ok=True)
         for f in (self.control_dir / "ssh").glob("*.json"):
             f.unlink()
+        (self.control_dir / "driver").unlink(missing_ok=True)
 
     # how SSH reaches the VMs ------------------------------------------------------
 
@@ -209,6 +238,7 @@ class VagrantBackend(SshBackend):
         return self.root
 
     def prepare(self, hosts: Sequence[str]) -> None:
+        self._record_driver()  # (a plain `vagrant up` comes here through its trigger)
         # halab's own libvirtd comes with a time server; elsewhere VMs keep their own NTP
         self._clock = self._time_server() if vmhost.mode() == "netns" else None
         super().prepare(hosts)

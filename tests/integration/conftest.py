@@ -1,11 +1,16 @@
 """The live lab for the proof suite, on any backend.
 
-``--lab netns`` (the default, or ``$HALAB_LAB``): the embedded lab is brought
-up for the session and torn down after it (unless ``--keep-lab``, or unless it
-was already up, in which case it is left as it was found). Against a lab that
-runs elsewhere (VMs, real hosts) the suite uses it as it is and leaves it so:
-every fault a test injects goes through the ``faults`` fixture and is healed
-when the test ends, passed or failed. Needs root for the netns lab.
+Which lab: ``--lab KIND``, else ``$HALAB_LAB``, else this checkout's Vagrant lab when
+it is up (``vagrant up``, then ``tox -e integration``: every VM running), else the
+embedded netns lab (``lab.backends.choose_lab``). The session's header says which and
+why (``halab lab: KIND — why``), and so does its summary.
+
+``netns``: the embedded lab is brought up for the session and torn down after it
+(unless ``--keep-lab``, or unless it was already up, in which case it is left as it
+was found); it needs root, and a run without stops at once saying so. Against a lab
+that runs elsewhere (VMs, real hosts) the suite uses it as it is and leaves it so:
+every fault a test injects goes through the ``faults`` fixture and is healed when the
+test ends, passed or failed.
 
 The session ends with a table of what was measured, one per check.
 """
@@ -22,7 +27,15 @@ import pytest
 from lab import inventory as inv_mod
 from lab import topology as topo_mod
 from lab.backend import Backend
-from lab.backends import KINDS, make_backend
+from lab.backends import (
+    KINDS,
+    LAB_ENV,
+    choose_lab,
+    make_backend,
+    root_refusal,
+    vagrant_lab_up,
+)
+from lab.errors import HalabError
 from lab.faults import Faults
 from lab.poll import wait_until
 from lab.traffic import vip_holders
@@ -33,14 +46,37 @@ from .common import REJOIN_BUDGET, wait_serving, wait_state
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("halab")
-    group.addoption("--lab", choices=KINDS, default=os.environ.get("HALAB_LAB", "netns"),
-                    help="lab backend to test (default: $HALAB_LAB or netns)")
+    group.addoption("--lab", choices=KINDS, default=None,
+                    help="lab backend to test (default: $HALAB_LAB, else this checkout's "
+                         "Vagrant lab if it is up, else netns)")
     group.addoption("--inventory", default=os.environ.get(inv_mod.ENV),
                     help="--lab ssh: how SSH reaches the hosts (default: $HALAB_INVENTORY)")
     group.addoption("--keep-lab", action="store_true",
                     help="leave the lab up after the session")
     group.addoption("--artifacts", default=os.environ.get("HALAB_ARTIFACTS", "artifacts"),
                     help="where failover timelines (JSON, text, PNG) go (default: artifacts)")
+
+
+LAB_CHOICE = pytest.StashKey[tuple[str, str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Which lab this session tests, and why: decided once, before anything runs."""
+    try:
+        config.stash[LAB_CHOICE] = choose_lab(
+            config.getoption("--lab"), os.environ.get(LAB_ENV),
+            lambda: vagrant_lab_up(topo_mod.load(os.environ.get("HALAB_TOPOLOGY"))))
+    except HalabError as e:  # $HALAB_LAB names no backend, the topology does not load
+        raise pytest.UsageError(str(e)) from None
+
+
+def lab_line(config: pytest.Config) -> str:
+    kind, why = config.stash[LAB_CHOICE]
+    return f"halab lab: {kind} — {why}"  # CI greps the header for `halab lab: KIND`
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return lab_line(config)
 
 
 # One row per measured behaviour, printed as the session's summary tables.
@@ -80,19 +116,21 @@ def summary_tables(rows: list[dict[str, str]]) -> list[str]:
     return out
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not SUMMARY:
-        return
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     terminalreporter.section("halab: what was measured")
+    terminalreporter.write_line(lab_line(config))
+    if SUMMARY:
+        terminalreporter.write_line("")
     for line in summary_tables(SUMMARY):
         terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
 def lab(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    kind = request.config.getoption("--lab")
-    if kind == "netns" and os.geteuid() != 0:
-        pytest.fail("the netns lab needs root (it builds network namespaces)")
+    kind, _ = request.config.stash[LAB_CHOICE]
+    refusal = root_refusal(kind, os.geteuid())
+    if refusal is not None:  # one line, not one error per test
+        pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
     inventory = request.config.getoption("--inventory")
     if inventory:  # the `halab` commands that tests run find it too
         os.environ[inv_mod.ENV] = str(Path(inventory).resolve())

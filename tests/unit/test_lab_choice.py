@@ -1,0 +1,252 @@
+"""Which lab the proof suite tests (`vagrant up`, then `tox -e integration`), the cheap
+question behind it (is this checkout's Vagrant lab up?), the pace a Vagrant lab
+remembers, and the one line that stops a netns run without root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import topology as topo_mod
+from lab import vmhost
+from lab.backends import choose_lab, root_refusal, vagrant, vagrant_lab_up
+from lab.backends import ssh as ssh_backend
+from lab.errors import HalabError
+
+TOPO = topo_mod.load()
+ROOT = Path(__file__).resolve().parents[2]
+UP = "a Vagrant lab of this checkout is up (every VM running)"
+NOT_UP = "no Vagrant lab of this checkout is up: the embedded netns lab"
+DRIVER_ENV = "HALAB_VM_DRIVER"
+
+
+class Probe:
+    """Is this checkout's Vagrant lab up? (counts how often it was asked)"""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.answer
+
+
+# the choice ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("up", "kind", "why"), [(True, "vagrant", UP), (False, "netns", NOT_UP)])
+def test_nothing_given_tests_the_vagrant_lab_if_it_is_up(up: bool, kind: str, why: str) -> None:
+    assert choose_lab(None, None, Probe(up)) == (kind, why)
+    assert choose_lab(None, "", Probe(up)) == (kind, why)  # an empty $HALAB_LAB is unset
+
+
+@pytest.mark.parametrize(("option", "env", "chosen"), [
+    ("netns", None, ("netns", "--lab netns given")),  # forced, with a Vagrant lab up
+    ("ssh", None, ("ssh", "--lab ssh given")),
+    (None, "ssh", ("ssh", "HALAB_LAB=ssh")),
+    (None, "netns", ("netns", "HALAB_LAB=netns")),
+    ("vagrant", "netns", ("vagrant", "--lab vagrant given")),  # the option beats the env
+    ("netns", "vagrant", ("netns", "--lab netns given")),
+])
+def test_a_lab_named_is_obeyed_without_asking(option: str | None, env: str | None,
+                                              chosen: tuple[str, str]) -> None:
+    up = Probe(True)
+    assert choose_lab(option, env, up) == chosen
+    assert up.calls == 0
+
+
+def test_halab_lab_naming_no_backend_is_refused() -> None:
+    with pytest.raises(HalabError, match="HALAB_LAB='kvm': must be one of netns, vagrant, ssh"):
+        choose_lab(None, "kvm", Probe(True))
+
+
+# is_up: cheap, starts nothing, never raises ---------------------------------------
+
+
+@pytest.fixture
+def no_commands(monkeypatch: pytest.MonkeyPatch) -> list[Sequence[str]]:
+    """Every command halab would run for libvirt fails as a missing program does (and
+    none reaches the machine's libvirt): the commands tried are listed."""
+    tried: list[Sequence[str]] = []
+
+    def missing(argv: Sequence[str], **_: Any) -> Any:
+        tried.append(argv)
+        raise FileNotFoundError(2, "No such file or directory", argv[0])
+
+    monkeypatch.setattr(subprocess, "run", missing)
+    monkeypatch.setenv(vmhost.MODE_ENV, "system")  # libvirt "available": asked at once
+    monkeypatch.delenv(DRIVER_ENV, raising=False)
+    return tried
+
+
+def record_vms(root: Path, hosts: Sequence[str]) -> list[str]:
+    """VMs as Vagrant records them in the checkout (.vagrant/machines/NAME/libvirt/id)."""
+    ids = []
+    for i, h in enumerate(hosts):
+        d = root / ".vagrant" / "machines" / h / "libvirt"
+        d.mkdir(parents=True)
+        ids.append(f"00000000-0000-0000-0000-00000000000{i}")
+        (d / "id").write_text(ids[-1] + "\n")
+    return ids
+
+
+def test_no_vagrant_dir_is_not_up_and_asks_nobody(tmp_path: Path,
+                                                  no_commands: list[Sequence[str]]) -> None:
+    assert vagrant.VagrantBackend(TOPO, root=tmp_path).is_up() is False
+    record_vms(tmp_path, list(TOPO.hosts)[:-1])  # one host never made
+    assert vagrant.VagrantBackend(TOPO, root=tmp_path).is_up() is False
+    assert no_commands == []
+
+
+def test_no_virsh_is_not_up(tmp_path: Path, no_commands: list[Sequence[str]]) -> None:
+    record_vms(tmp_path, list(TOPO.hosts))
+    assert vagrant.VagrantBackend(TOPO, root=tmp_path).is_up() is False
+    assert [argv[0] for argv in no_commands] == ["virsh"]
+
+
+@pytest.mark.parametrize("error", [subprocess.TimeoutExpired(["virsh"], 15),
+                                   PermissionError(13, "Permission denied")])
+def test_libvirt_that_does_not_answer_is_not_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                no_commands: list[Sequence[str]],
+                                                error: Exception) -> None:
+    record_vms(tmp_path, list(TOPO.hosts))
+
+    def fails(argv: Sequence[str], **_: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(subprocess, "run", fails)
+    assert vagrant.VagrantBackend(TOPO, root=tmp_path).is_up() is False
+
+
+@pytest.mark.parametrize("running", [5, 4])
+def test_up_means_every_hosts_vm_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         no_commands: list[Sequence[str]], running: int) -> None:
+    ids = record_vms(tmp_path, list(TOPO.hosts))
+    listed = "".join(f"{i}\n" for i in [*ids[:running], "ffffffff-other-vm"])
+
+    def virsh(argv: Sequence[str], **_: Any) -> subprocess.CompletedProcess[bytes]:
+        assert list(argv) == ["virsh", "list", "--uuid"]
+        return subprocess.CompletedProcess(argv, 0, listed.encode(), b"")
+
+    monkeypatch.setattr(subprocess, "run", virsh)
+    assert vagrant.VagrantBackend(TOPO, root=tmp_path).is_up() is (running == len(ids))
+
+
+def test_no_vagrantfile_is_no_vagrant_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          no_commands: list[Sequence[str]]) -> None:
+    monkeypatch.delenv("HALAB_VAGRANT_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert vagrant_lab_up(TOPO) is False
+    monkeypatch.setenv("HALAB_VAGRANT_DIR", str(tmp_path))  # a checkout, nothing up
+    assert vagrant_lab_up(TOPO) is False
+    assert no_commands == []
+
+
+# the pace: the driver the lab was brought up with -----------------------------------
+
+
+def test_the_recorded_driver_sets_the_pace_unless_the_environment_says(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        no_commands: list[Sequence[str]]) -> None:
+    lab = vagrant.VagrantBackend(TOPO, root=tmp_path)
+    assert (lab.driver, lab.slowness) == ("kvm", 1.0)  # nothing recorded, nothing said
+    lab.control_dir.mkdir(parents=True)
+    (lab.control_dir / "driver").write_text("qemu\n")
+    lab = vagrant.VagrantBackend(TOPO, root=tmp_path)
+    assert (lab.driver, lab.slowness) == ("qemu", 5.0)
+    monkeypatch.setenv(DRIVER_ENV, "kvm")
+    lab = vagrant.VagrantBackend(TOPO, root=tmp_path)
+    assert (lab.driver, lab.slowness) == ("kvm", 1.0)
+
+
+def test_provisioning_records_the_driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         no_commands: list[Sequence[str]]) -> None:
+    """A plain `HALAB_VM_DRIVER=qemu vagrant up`: its trigger provisions each VM, and a
+    later run without the variable keeps the pace."""
+    monkeypatch.setattr(ssh_backend.SshBackend, "prepare", lambda self, hosts: None)
+    monkeypatch.setenv(DRIVER_ENV, "qemu")
+    vagrant.VagrantBackend(TOPO, root=tmp_path).prepare(["dir0"])
+    monkeypatch.delenv(DRIVER_ENV)
+    assert vagrant.VagrantBackend(TOPO, root=tmp_path).slowness == 5.0
+
+
+def test_up_records_the_driver_and_down_forgets_it(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   no_commands: list[Sequence[str]]) -> None:
+    monkeypatch.setattr(vmhost, "start", lambda driver: None)
+    monkeypatch.setenv(DRIVER_ENV, "qemu")
+    lab = vagrant.VagrantBackend(TOPO, root=tmp_path)
+    for step in ("_register_box", "_wheelhouse", "vagrant"):
+        monkeypatch.setattr(lab, step, lambda *args: None)
+    lab.up()
+    monkeypatch.delenv(DRIVER_ENV)
+    lab = vagrant.VagrantBackend(TOPO, root=tmp_path)
+    assert lab.driver == "qemu"
+    lab.down()  # (no VMs recorded: nothing to destroy)
+    assert vagrant.VagrantBackend(TOPO, root=tmp_path).driver == "kvm"
+    assert no_commands == []
+
+
+# without root ------------------------------------------------------------------------
+
+
+def test_netns_without_root_is_refused_in_one_line_naming_both_ways() -> None:
+    line = root_refusal("netns", 1000)
+    assert line is not None and "\n" not in line
+    assert "needs root" in line
+    assert "sudo .venv/bin/tox -e integration" in line
+    assert "vagrant up, then tox -e integration again" in line
+
+
+@pytest.mark.parametrize(("kind", "euid"), [("netns", 0), ("vagrant", 1000), ("ssh", 1000)])
+def test_root_or_another_lab_is_not_refused(kind: str, euid: int) -> None:
+    assert root_refusal(kind, euid) is None
+
+
+# the suite says which lab it tests, first and last ------------------------------------
+
+
+def run_suite(tmp_path: Path, *args: str, user: Sequence[str] = ()) -> tuple[int, list[str]]:
+    """`pytest tests/integration/test_lab_web.py ARGS` against a checkout with no Vagrant
+    lab (``user``: the command that runs it as another user)."""
+    env = {k: v for k, v in os.environ.items() if k != "HALAB_LAB"}
+    env.update(HALAB_VAGRANT_DIR=str(tmp_path), HALAB_VMHOST="system")
+    out = subprocess.run([*user, sys.executable, "-m", "pytest",
+                          "tests/integration/test_lab_web.py", "-p", "no:cacheprovider", *args],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return out.returncode, (out.stdout + out.stderr).splitlines()
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    ((), f"halab lab: netns — {NOT_UP}"),
+    (("--lab", "ssh"), "halab lab: ssh — --lab ssh given"),
+], ids=["chosen", "given"])
+def test_the_session_names_its_lab_in_its_header_and_summary(
+        tmp_path: Path, args: tuple[str, ...], line: str) -> None:
+    rc, out = run_suite(tmp_path, "--collect-only", *args)  # the lab chosen, nothing run
+    assert rc == 0, "\n".join(out)
+    assert line in out[:5]
+    summary = out.index(next(x for x in out if "halab: what was measured" in x))
+    assert next(x for x in out[summary + 1:] if x) == line  # also with nothing measured
+
+
+def test_a_netns_run_without_root_stops_at_once_in_one_line(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        user: tuple[str, ...] = ()
+    elif shutil.which("setpriv"):
+        user = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")  # nobody
+    else:
+        pytest.skip("root, and no setpriv to run as another user")
+    rc, out = run_suite(tmp_path, user=user)
+    assert rc == pytest.ExitCode.USAGE_ERROR, "\n".join(out)
+    said = [x for x in out if "needs root" in x]
+    refusal = root_refusal("netns", 1000)
+    assert refusal is not None and len(said) == 1 and refusal in said[0]
