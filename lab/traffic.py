@@ -77,11 +77,14 @@ def listener(lab: Backend, host: str, kind: str, port: int, seconds: float = 120
 
 class ClientLoop:
     """Sequential HTTP requests from a lab host (``lab.probe http-loop``: a new
-    connection each; ``keepalive``: one connection), read as they happen."""
+    connection each; ``keepalive``: one connection), read as they happen. A request's
+    ``timeout`` is 1 s at the lab's pace (x ``Backend.slowness``) unless given."""
 
     def __init__(self, lab: Backend, host: str, url: str, count: int, gap_ms: float = 5.0,
-                 timeout: float = 1.0, connect_timeout: float | None = None,
+                 timeout: float | None = None, connect_timeout: float | None = None,
                  keepalive: bool = False) -> None:
+        if timeout is None:
+            timeout = 1.0 * lab.slowness
         extra = ["--connect-timeout", str(connect_timeout)] if connect_timeout else []
         kind = "http-keepalive" if keepalive else "http-loop"
         argv = lab.command(host, probe_argv(lab, kind, url, "--count", str(count),

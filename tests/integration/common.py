@@ -5,16 +5,27 @@ from __future__ import annotations
 import json
 import time
 
+from balancer import config as balancer_config
 from balancer.config import HealthConfig
 from lab.backend import Backend
 from lab.errors import HalabError
 from lab.poll import wait_until
 from lab.topology import Topology
-from provision.director import balancer_socket, heartbeat_socket
+from provision.director import BALANCER_CONFIG, balancer_socket, heartbeat_socket
 
-H = HealthConfig()  # the health-check defaults provision/ renders
-# Budget to come back: a DOWN server is checked every downinter, and needs rise good checks.
-REJOIN_BUDGET = H.downinter + H.rise * (H.fastinter + H.timeout) + 1.0
+
+def health(lab: Backend, director: str) -> HealthConfig:
+    """The health checks of the director's balancer, as provision/ rendered them (its
+    timeouts follow the lab's pace): bounds are the configuration's own."""
+    return balancer_config.loads(lab.read_file(director, BALANCER_CONFIG).decode(),
+                                 BALANCER_CONFIG).health
+
+
+def rejoin_budget(lab: Backend, director: str) -> float:
+    """Time to come back: a DOWN server is checked every downinter (at the lab's pace)
+    and needs rise good checks, each at most its timeout."""
+    h = health(lab, director)
+    return (h.downinter + h.rise * h.fastinter + 1.0) * lab.slowness + h.rise * h.timeout
 
 
 def page(name: str) -> str:

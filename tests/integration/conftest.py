@@ -41,7 +41,7 @@ from lab.poll import wait_until
 from lab.traffic import vip_holders
 from provision import provision
 
-from .common import REJOIN_BUDGET, wait_serving, wait_state
+from .common import rejoin_budget, wait_serving, wait_state
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -173,14 +173,15 @@ def vip_holder(lab: Backend) -> str:
         holders = vip_holders(lab)
         return holders if len(holders) == 1 else None
 
-    return wait_until(one, 10, "exactly one director holding the VIP")[0]
+    return wait_until(one, 10 * lab.slowness, "exactly one director holding the VIP")[0]
 
 
 @pytest.fixture
 def healthy(lab: Backend, topo: topo_mod.Topology, vip_holder: str) -> Iterator[str]:
     """The VIP holder, with every web node UP on its balancer before and after the test."""
+    budget = rejoin_budget(lab, vip_holder)
     for w in topo.webs:
-        wait_state(lab, vip_holder, w.name, "UP", REJOIN_BUDGET)
+        wait_state(lab, vip_holder, w.name, "UP", budget)
     yield vip_holder
     for w in topo.webs:
-        wait_state(lab, vip_holder, w.name, "UP", REJOIN_BUDGET)
+        wait_state(lab, vip_holder, w.name, "UP", budget)

@@ -14,30 +14,46 @@ from collections.abc import Callable
 
 import pytest
 
+from balancer.config import HealthConfig
 from lab.backend import Backend
 from lab.faults import Blackhole, Fault, Faults, Refuse, SignalService, StopService
 from lab.timeline import event_times
 from lab.topology import Topology
 from lab.traffic import ClientLoop
 
-from .common import REJOIN_BUDGET, H, ctl, other, page, servers, stats_url, vip_url, wait_state
+from .common import (
+    ctl,
+    health,
+    other,
+    page,
+    rejoin_budget,
+    servers,
+    stats_url,
+    vip_url,
+    wait_state,
+)
 
 pytestmark = pytest.mark.integration
 
-# When a node must be DOWN at the latest, from the timers provision/ renders. A
-# node that answers with a refusal fails its next check (within `inter`) and
-# `fall - 1` more `fastinter` apart; a silent one costs `timeout` per check on top.
-# (Real traffic usually takes it down sooner: consecutive connect errors.)
-DOWN_REFUSED = H.inter + (H.fall - 1) * H.fastinter
-DOWN_SILENT = H.inter + H.timeout + (H.fall - 1) * (H.fastinter + H.timeout)
 MARGIN = 0.2  # scheduling noise on a loaded 2-core machine
 
-FAULTS: dict[str, tuple[Callable[[str, int], Fault], float]] = {
-    "refusing": (lambda w, port: Refuse(w, port=port), DOWN_REFUSED),
-    "stopped": (lambda w, port: StopService(w, service="nginx"), DOWN_REFUSED),
+
+def down_bound(h: HealthConfig, silent: bool, slowness: float) -> float:
+    """When a node must be DOWN at the latest, from the director's own health config. A
+    node that answers with a refusal fails its next check (within `inter`) and `fall - 1`
+    more `fastinter` apart: timers, run at the lab's pace (x slowness). A silent one
+    costs each of those `fall` checks its `timeout` on top, which provision/ already
+    rendered at the lab's pace. (Real traffic usually takes it down sooner.)"""
+    timers = h.inter + (h.fall - 1) * h.fastinter
+    return (timers + MARGIN) * slowness + (h.fall * h.timeout if silent else 0.0)
+
+
+FAULTS: dict[str, tuple[Callable[[str, int], Fault], bool]] = {  # (fault, silent)
+    "refusing": (lambda w, port: Refuse(w, port=port), False),
+    "stopped": (lambda w, port: StopService(w, service="nginx"), False),
     "graceful-quit": (lambda w, port: SignalService(w, service="nginx", signal="QUIT"),
-                      DOWN_REFUSED),
-    "blackholed": (lambda w, port: Blackhole(w), DOWN_SILENT),
+                      False),
+    "blackholed": (lambda w, port: Blackhole(w), True),
 }
 
 
@@ -58,12 +74,15 @@ def down_since_stats(lab: Backend, topo: Topology, director: str, viewer: str,
 def test_ejection_without_a_failed_request(lab: Backend, topo: Topology, healthy: str,
                                            faults: Faults, kind: str,
                                            record: Callable[..., None]) -> None:
-    make, budget = FAULTS[kind]
-    bound = (budget + MARGIN) * lab.slowness  # checks run at the backend's pace
+    make, silent = FAULTS[kind]
+    bound = down_bound(health(lab, healthy), silent, lab.slowness)
     victim, survivor = topo.webs[0].name, topo.webs[1].name
     viewer = other(topo, healthy)  # the peer director reads the stats page
     fault = make(victim, topo.ports.http)
-    loop = ClientLoop(lab, topo.clients[0].name, vip_url(topo), count=300, timeout=1.0)
+    # a request the victim holds waits until it is DOWN (then it moves): up to the
+    # bound, then a request's own time (1 s at the lab's pace)
+    loop = ClientLoop(lab, topo.clients[0].name, vip_url(topo), count=300,
+                      timeout=bound + 1.0 * lab.slowness)
     try:
         loop.read(20)  # traffic flows before the fault
         t_fault = faults.inject(fault)
@@ -86,7 +105,7 @@ def test_ejection_without_a_failed_request(lab: Backend, topo: Topology, healthy
     late = [r for r in results if float(r["t"]) > since + 0.05]  # type: ignore[arg-type]
     assert late and all(r["body"] == page(survivor) for r in late)
     # healed: it rejoins after `rise` good checks and gets its turn again
-    wait_state(lab, healthy, victim, "UP", REJOIN_BUDGET)
+    wait_state(lab, healthy, victim, "UP", rejoin_budget(lab, healthy))
     again = ClientLoop(lab, topo.clients[0].name, vip_url(topo), count=4).finish()
     assert {r["body"] for r in again} == {page(victim), page(survivor)}
 
@@ -121,5 +140,5 @@ def test_all_down_gives_503_then_recovers(lab: Backend, topo: Topology, healthy:
     for f in stopped:
         faults.heal(f)
     for w in topo.webs:
-        wait_state(lab, healthy, w.name, "UP", REJOIN_BUDGET)
+        wait_state(lab, healthy, w.name, "UP", rejoin_budget(lab, healthy))
     assert not ClientLoop.failures(ClientLoop(lab, client, vip_url(topo), count=10).finish())
