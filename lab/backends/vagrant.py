@@ -34,8 +34,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,17 +122,31 @@ class VagrantBackend(SshBackend):
         return subprocess.run(vmhost.command(["vagrant", *args]), cwd=self.root,
                               env=self._vagrant_env(), check=False).returncode
 
-    def vagrant(self, *args: str, timeout: float = 1800) -> str:
-        proc = subprocess.run(vmhost.command(["vagrant", *args]), cwd=self.root,
-                              env=self._vagrant_env(), capture_output=True, timeout=timeout,
-                              check=False)
-        if proc.returncode != 0:
+    def vagrant(self, *args: str, timeout: float = 1800, show: bool = False) -> str:
+        """``vagrant ARGS``; its output (stdout and stderr together), also passed on to
+        this process's stdout line by line as it comes with ``show``."""
+        with subprocess.Popen(vmhost.command(["vagrant", *args]), cwd=self.root,
+                              env=self._vagrant_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+            timer = threading.Timer(timeout, proc.kill)
+            timer.start()
+            try:
+                assert proc.stdout is not None
+                lines = []
+                for line in proc.stdout:
+                    lines.append(line.rstrip("\n"))
+                    if show:
+                        print(line, end="", flush=True)
+                rc = proc.wait()
+            finally:
+                timer.cancel()
+        if rc != 0:
             # halab's own errors (from the trigger's provisioning), else the end of it all
-            lines = (proc.stdout + proc.stderr).decode(errors="replace").splitlines()
             said = [line.strip() for line in lines if "halab: error:" in line]
-            raise HalabError(f"`vagrant {' '.join(args)}` failed (exit {proc.returncode}): "
+            end = f"killed after {timeout:g} s" if rc == -signal.SIGKILL else f"exit {rc}"
+            raise HalabError(f"`vagrant {' '.join(args)}` failed ({end}): "
                              + " | ".join(said or lines[-5:]))
-        return proc.stdout.decode(errors="replace")
+        return "\n".join(lines) + "\n"
 
     def domain(self, host: str) -> str:
         """The libvirt domain of ``host`` (its UUID, as Vagrant recorded it)."""
@@ -163,7 +179,7 @@ class VagrantBackend(SshBackend):
         vmhost.start(self.driver)
         self._register_box()
         self._wheelhouse()  # once, before the VMs' provisioning runs want it
-        self.vagrant("up", "--parallel")  # each VM provisioned by the trigger
+        self.vagrant("up", "--parallel", show=True)  # each VM provisioned by the trigger
 
     def _register_box(self) -> None:
         self.control_dir.mkdir(parents=True, exist_ok=True)
