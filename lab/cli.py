@@ -6,12 +6,15 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from lab import readiness
 from lab import topology as topo_mod
 from lab.backend import Backend
 from lab.backends import KINDS, make_backend
@@ -20,7 +23,18 @@ from lab.status import gather, render
 from lab.system import env
 from lab.topology import Role
 
+if TYPE_CHECKING:
+    from lab.backends.vagrant import VagrantBackend
+
 console = Console()
+_say = threading.Lock()
+
+
+def say(line: str) -> None:
+    """One plain line, shown at once (under Vagrant too, whose trigger's output is a pipe;
+    rich would wrap it to 80 columns there), whole among the lines of other threads."""
+    with _say:
+        print(line, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +102,34 @@ def cmd_up(backend: Backend) -> None:
         provision(backend)
     render(gather(backend), console)
     console.print(f"lab {backend.topology.lab} is up ({time.monotonic() - t0:.1f} s)")
+
+
+def cmd_provision(backend: Backend, hosts: Sequence[str] | None) -> None:
+    """Provision, saying each host's steps as they are done; on the VMs of the vagrant
+    lab, then whether every VM is now provisioned (lab/readiness.py)."""
+    from lab.backends.vagrant import VagrantBackend
+    from provision import provision
+
+    names = [backend.host(h).name for h in hosts] if hosts else list(backend.topology.hosts)
+    vms = backend if isinstance(backend, VagrantBackend) else None
+    if vms is not None:
+        readiness.unmark(vms.control_dir, names)
+    t0 = time.monotonic()
+    provision(backend, names, progress=lambda host, step: say(f"{host}: provisioning: {step}"))
+    say(f"{', '.join(names)}: provisioned in {time.monotonic() - t0:.1f} s")
+    if vms is not None:
+        say(readiness.mark_provisioned(vms.control_dir, names, domains(vms)))
+
+
+def domains(vms: VagrantBackend) -> dict[str, str | None]:
+    """Every host's libvirt domain id, as Vagrant recorded it (None: no VM)."""
+    found: dict[str, str | None] = {}
+    for h in vms.topology.hosts:
+        try:
+            found[h] = vms.domain(h)
+        except HalabError:
+            found[h] = None
+    return found
 
 
 def cmd_demo(backend: Backend) -> int:
@@ -167,12 +209,7 @@ def dispatch(args: argparse.Namespace) -> int:
             print(text, end="")
         return 0
     if args.cmd == "provision":
-        from provision import provision
-
-        t0 = time.monotonic()
-        provision(backend, args.hosts)
-        names = ", ".join(args.hosts or backend.topology.hosts)
-        console.print(f"provisioned {names} ({time.monotonic() - t0:.1f} s)")
+        cmd_provision(backend, args.hosts)
         return 0
     if args.cmd == "down":
         backend.down()

@@ -11,7 +11,9 @@ a network namespace, a VM or a real host:
    those whose files changed (one host of the director pair or of the web tier at a
    time); leave the others be, so provisioning again is a no-op
 
-Directors run halab's balancer and heartbeat.
+Directors run halab's balancer and heartbeat. ``provision`` says each step as it is
+done through ``progress(host, step)`` (default: nothing); ``halab provision`` prints
+them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import contextlib
 import fcntl
 import hashlib
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -35,6 +38,9 @@ SYSCTL_FILE = "/etc/sysctl.d/60-halab.conf"
 IPTABLES_FILE = "/etc/halab/iptables.rules"
 IP6TABLES_FILE = "/etc/halab/ip6tables.rules"
 FIREWALL_UNIT = "halab-firewall.service"  # the firewall again at boot
+# what provisioning says as it goes: progress(host, step), one short step at a time,
+# e.g. ("dir0", "files written (0.4 s)"); called from several threads at once
+Progress = Callable[[str, str], None]
 PROGRAMS = ("nginx", "sshd", "ssh-keygen", "iptables-restore", "ip6tables-restore", "sysctl",
             "conntrack")
 
@@ -169,27 +175,47 @@ def fingerprint(files: Sequence[File]) -> str:
     return h.hexdigest()
 
 
-def apply(backend: Backend, plan: HostPlan) -> None:
-    backend.put_files(plan.host, [(f.path, f.content, f.mode) for f in plan.files])
+def silent(host: str, step: str) -> None:
+    """The default progress: say nothing."""
+
+
+def _since(t0: float) -> str:
+    return f"({time.monotonic() - t0:.1f} s)"
+
+
+def apply(backend: Backend, plan: HostPlan, progress: Progress = silent) -> None:
+    host = plan.host
+    t0 = time.monotonic()
+    backend.put_files(host, [(f.path, f.content, f.mode) for f in plan.files])
+    progress(host, f"files written {_since(t0)}")
+    t0 = time.monotonic()
     for argv in plan.commands:
-        backend.run(plan.host, argv)
+        backend.run(host, argv)
     for unit in plan.at_boot:
-        backend.enable_at_boot(plan.host, unit)
-    with _rolling(backend, plan.rolling):
+        backend.enable_at_boot(host, unit)
+    checked = ", configs checked" if any("--check" in argv for argv in plan.commands) else ""
+    progress(host, f"kernel settings and firewall applied{checked} {_since(t0)}")
+    waiting = f"services: waiting for the other {plan.rolling} host to finish (one at a time)"
+    with _rolling(backend, plan.rolling, lambda: progress(host, waiting)):
+        running = []
         for spec in plan.services:
-            backend.start_service(plan.host, spec)
+            t0 = time.monotonic()
+            backend.start_service(host, spec)
+            running.append(f"{spec.name} {_since(t0)}")
+    progress(host, "services running: " + ", ".join(running))
 
 
 @contextmanager
-def _rolling(backend: Backend, group: str) -> Iterator[None]:
+def _rolling(backend: Backend, group: str, busy: Callable[[], None]) -> Iterator[None]:
     """One host of ``group`` at a time (across processes: Vagrant provisions each VM
     from its own): a director pair restarting at once would have no peer to hand the
-    VIP over to, nor a web tier a node to send requests to."""
+    VIP over to, nor a web tier a node to send requests to. ``busy`` is called when
+    another host has the turn."""
     if not group:
         yield
         return
     backend.control_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(backend.control_dir / f"rolling-{group}.lock"):
+    with _locked(backend.control_dir / f"rolling-{group}.lock", busy):
         yield
 
 
@@ -231,9 +257,14 @@ def running_authkey(backend: Backend) -> str | None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, busy: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """``busy`` is called before waiting, if another holds the lock."""
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy()
+            fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
 
@@ -252,11 +283,22 @@ def _write_private(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def provision(backend: Backend, hosts: Sequence[str] | None = None) -> None:
-    """Make every host (or those named) what its role says, in parallel."""
+def provision(backend: Backend, hosts: Sequence[str] | None = None,
+              progress: Progress = silent) -> None:
+    """Make every host (or those named) what its role says, in parallel; each step
+    said through ``progress`` once done (the first two for every host at once)."""
     names = [backend.host(h).name for h in hosts] if hosts else [h.name for h in backend.hosts()]
+
+    def each(step: str) -> None:
+        for h in names:
+            progress(h, step)
+
+    t0 = time.monotonic()
     backend.prepare(names)
+    each(f"halab installed {_since(t0)}")
+    t0 = time.monotonic()
     backend.require_programs(PROGRAMS, names)
+    each(f"programs present {_since(t0)}")
     topo = backend.topology
     keys = lab_keys(backend)
     (backend.control_dir / "known_hosts").write_text(ssh.known_hosts(topo, keys.host_public))
@@ -264,5 +306,5 @@ def provision(backend: Backend, hosts: Sequence[str] | None = None) -> None:
                        backend.user_keys, backend.slowness)
              for h in names]
     with ThreadPoolExecutor(max_workers=len(plans)) as pool:
-        for future in [pool.submit(apply, backend, p) for p in plans]:
+        for future in [pool.submit(apply, backend, p, progress) for p in plans]:
             future.result()
