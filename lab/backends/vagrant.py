@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lab import box, inventory, vmhost
+from lab import box, inventory, readiness, vmhost
 from lab.backends.ssh import SshBackend
 from lab.errors import HalabError
 from lab.inventory import Target
@@ -214,6 +214,7 @@ class VagrantBackend(SshBackend):
         for f in (self.control_dir / "ssh").glob("*.json"):
             f.unlink()
         (self.control_dir / "driver").unlink(missing_ok=True)
+        readiness.clear(self.control_dir)
 
     # how SSH reaches the VMs ------------------------------------------------------
 

@@ -185,7 +185,7 @@ def test_up_records_the_driver_and_down_forgets_it(tmp_path: Path,
     monkeypatch.setenv(DRIVER_ENV, "qemu")
     lab = vagrant.VagrantBackend(TOPO, root=tmp_path)
     for step in ("_register_box", "_wheelhouse", "vagrant"):
-        monkeypatch.setattr(lab, step, lambda *args: None)
+        monkeypatch.setattr(lab, step, lambda *args, **kw: None)
     lab.up()
     monkeypatch.delenv(DRIVER_ENV)
     lab = vagrant.VagrantBackend(TOPO, root=tmp_path)
