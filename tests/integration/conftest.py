@@ -68,6 +68,9 @@ def pytest_configure(config: pytest.Config) -> None:
             lambda: vagrant_lab_up(topo_mod.load(os.environ.get("HALAB_TOPOLOGY"))))
     except HalabError as e:  # $HALAB_LAB names no backend, the topology does not load
         raise pytest.UsageError(str(e)) from None
+    refusal = root_refusal(config.stash[LAB_CHOICE][0], os.geteuid())
+    if refusal is not None and not config.option.collectonly:  # (listing needs no lab)
+        pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)  # one line, at once
 
 
 def lab_line(config: pytest.Config) -> str:
@@ -128,9 +131,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 @pytest.fixture(scope="session")
 def lab(request: pytest.FixtureRequest) -> Iterator[Backend]:
     kind, _ = request.config.stash[LAB_CHOICE]
-    refusal = root_refusal(kind, os.geteuid())
-    if refusal is not None:  # one line, not one error per test
-        pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
     inventory = request.config.getoption("--inventory")
     if inventory:  # the `halab` commands that tests run find it too
         os.environ[inv_mod.ENV] = str(Path(inventory).resolve())

@@ -241,7 +241,7 @@ def test_the_session_names_its_lab_in_its_header_and_summary(
 
 
 def test_a_netns_run_without_root_stops_at_once_in_one_line(tmp_path: Path) -> None:
-    rc, out = run_suite(tmp_path, "--collect-only", euid=1000)  # (never builds a lab)
+    rc, out = run_suite(tmp_path, "--setup-plan", euid=1000)  # (never builds a lab)
     assert rc == pytest.ExitCode.USAGE_ERROR, "\n".join(out)
     said = [x for x in out if "needs root" in x]
     refusal = root_refusal("netns", 1000)
