@@ -42,6 +42,7 @@ TOX = [str(VENV / "tox"), "run", "-e", "integration", "--"]
 SSH_SCOPE = ["-k", "test_failover or test_lab_hosts or test_round_robin"]
 CARD_LINE = "halab lab: vagrant"  # what the suite's first lines must say
 HEADER_LINES = 6  # pytest's platform, cache, header hooks, rootdir... lines
+DURATIONS = "--durations=15"  # the slowest tests of each suite, in the log
 MINUTE = 60.0
 
 ROWS: list[tuple[str, float, str]] = []
@@ -98,9 +99,12 @@ def _run_expecting(argv: Sequence[str], env: dict[str, str] | None, limit_min: f
 
 
 def card_env() -> dict[str, str]:
-    """A user's shell: none of the settings the stage itself runs with."""
-    return {k: v for k, v in os.environ.items()
-            if k not in ("HALAB_LAB", "HALAB_VM_DRIVER", "HALAB_VMHOST", "HALAB_INVENTORY")}
+    """A user's shell: none of the settings the stage itself runs with (but the slowest
+    tests' durations in the log, through pytest's own variable)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HALAB_LAB", "HALAB_VM_DRIVER", "HALAB_VMHOST", "HALAB_INVENTORY")}
+    env["PYTEST_ADDOPTS"] = f"{env.get('PYTEST_ADDOPTS', '')} {DURATIONS}".strip()
+    return env
 
 
 def table() -> str:
@@ -119,7 +123,7 @@ def main(args: list[str]) -> int:
         step("vagrant up (box, 5 VMs, provisioned)", [*HALAB, "vagrant", "--", "up", "--parallel"],
              30)
         step("vagrant halt, vagrant up: consistent", [
-            str(VENV / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            str(VENV / "python"), "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
             "tests/vm/test_halt_up.py"], 20)
         step("tox -e integration (the card, literally)", [*TOX, *extra], 40,
              env=card_env(), expect=CARD_LINE)
@@ -131,7 +135,7 @@ def main(args: list[str]) -> int:
             scope = [] if full else SSH_SCOPE
             step(f"ssh backend: suite ({'full' if full else 'its own faults'})",
                  [*TOX, "--lab", "ssh", "--inventory", inv, "--artifacts",
-                  str(ROOT / "artifacts-ssh"), *scope, *extra], 40)
+                  str(ROOT / "artifacts-ssh"), DURATIONS, *scope, *extra], 40)
         ok = True
     except StepFailed as e:
         print(f"\nvm stage: {e}", flush=True)
