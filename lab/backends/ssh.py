@@ -54,6 +54,17 @@ from lab.topology import Topology
 
 UNITS = Path(provision.__file__).parent / "units"
 VENV = "/opt/halab/venv"
+# halab's venv, and $pip to install into it. On Debian, without a pip of its own: the one
+# of python3-venv's wheel runs from that wheel (a venv's own pip, its install compiled,
+# cost minutes under software emulation); elsewhere a venv with pip. The installs
+# compile nothing: Python compiles what it imports, once.
+INSTALL = """\
+w=$(ls /usr/share/python-wheels/pip-*.whl 2>/dev/null | tail -n 1)
+if [ ! -x {venv}/bin/python ]; then
+  if [ -n "$w" ]; then python3 -m venv --without-pip {venv}; else python3 -m venv {venv}; fi
+fi
+if [ -x {venv}/bin/pip ]; then pip={venv}/bin/pip; else pip="{venv}/bin/python $w/pip"; fi
+"""
 PROGRAMS = ("halab", "halab-balancer", "balancerctl", "halab-heartbeat", "hbctl")
 SERVICES_DIR = "/etc/halab/services"  # one file per service provisioned: its unit
 SSH_PERSIST = 600
@@ -467,14 +478,12 @@ class SshBackend(Backend):
             self.run(host, ["sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get update -qq "
                             "&& apt-get install -y -qq python3-venv"], timeout=900)
         links = " ".join(f"{VENV}/bin/{p}" for p in PROGRAMS)
-        self.run(host, ["sh", "-c",
-                        f"[ -x {VENV}/bin/python ] || python3 -m venv {VENV}; "
-                        f"{VENV}/bin/pip install -q --no-index --find-links {tmp} "
-                        f"--force-reinstall --no-deps {tmp}/halab-*.whl && "
+        pip = f"$pip install -q --no-compile --find-links {tmp}"
+        self.run(host, ["sh", "-c", INSTALL.format(venv=VENV) +
+                        f"{pip} --no-index --force-reinstall --no-deps {tmp}/halab-*.whl && "
                         # (a host with another Python than this machine's: its own
                         # wheels of what halab needs, from its index)
-                        f"{{ {VENV}/bin/pip install -q --no-index --find-links {tmp} halab || "
-                        f"{VENV}/bin/pip install -q --find-links {tmp} halab; }} && "
+                        f"{{ {pip} --no-index halab || {pip} halab; }} && "
                         f"ln -sf {links} /usr/local/bin/ && rm -rf {tmp}"], timeout=900)
         hp = self.paths(host)
         self.run(host, ["mkdir", "-p", str(hp.run), str(hp.log), str(hp.state)])
