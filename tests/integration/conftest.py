@@ -68,9 +68,17 @@ def pytest_configure(config: pytest.Config) -> None:
             lambda: vagrant_lab_up(topo_mod.load(os.environ.get("HALAB_TOPOLOGY"))))
     except HalabError as e:  # $HALAB_LAB names no backend, the topology does not load
         raise pytest.UsageError(str(e)) from None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A lab that cannot be had stops the session at once, in one line, before any test
+    runs (not one error per test); listing tests, or running none of the suite's (a
+    `pytest` of the whole tree with unit tests selected), needs no lab."""
+    config = session.config
     refusal = root_refusal(config.stash[LAB_CHOICE][0], os.geteuid())
-    if refusal is not None and not config.option.collectonly:  # (listing needs no lab)
-        pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)  # one line, at once
+    suite = [i for i in session.items if "lab" in getattr(i, "fixturenames", ())]
+    if refusal is not None and suite and not config.option.collectonly:
+        pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def lab_line(config: pytest.Config) -> str:

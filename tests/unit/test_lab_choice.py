@@ -246,3 +246,11 @@ def test_a_netns_run_without_root_stops_at_once_in_one_line(tmp_path: Path) -> N
     said = [x for x in out if "needs root" in x]
     refusal = root_refusal("netns", 1000)
     assert refusal is not None and len(said) == 1 and refusal in said[0]
+
+
+def test_a_run_without_root_that_selects_none_of_the_suite_is_let_through(
+        tmp_path: Path) -> None:
+    """(`pytest` of the whole tree as a user, unit tests selected: no lab is needed)"""
+    rc, out = run_suite(tmp_path, "-k", "no_such_test", euid=1000)
+    assert rc == pytest.ExitCode.NO_TESTS_COLLECTED, "\n".join(out)
+    assert not [x for x in out if "needs root" in x]
