@@ -20,6 +20,12 @@ HEARTBEAT_CONFIG = "/etc/halab/heartbeat.toml"
 AUTHKEY = "/etc/halab/authkey"
 
 
+def paced_ms(default: float, slowness: float) -> int:
+    """A default time (seconds) at the lab's pace (Backend.slowness), in the whole
+    milliseconds the daemons' configs hold."""
+    return round(default * slowness * 1000)
+
+
 def balancer_socket(paths: HostPaths) -> str:
     return f"{paths.run}/balancer.sock"
 
@@ -51,12 +57,12 @@ mode = "http"
 algorithm = "roundrobin"
 {pace}
 [timeouts]  # milliseconds
-connect = {round(bal_config.Timeouts().connect * slowness * 1000)}
+connect = {paced_ms(bal_config.Timeouts().connect, slowness)}
 
 [health]
 check = "http"
 path = "{web.HEALTH_PATH}"
-timeout = {round(bal_config.HealthConfig().timeout * slowness * 1000)}
+timeout = {paced_ms(bal_config.HealthConfig().timeout, slowness)}
 
 [admin]
 bind = "{host.address("private")}:{topo.ports.admin}"
@@ -92,7 +98,7 @@ def heartbeat_timers(slowness: float = 1.0) -> Timers:
     d = Timers()
 
     def ms(t: float) -> float:  # what the config holds: whole milliseconds
-        return round(t * slowness * 1000) / 1000
+        return paced_ms(t, slowness) / 1000
 
     return Timers(keepalive=ms(d.keepalive), deadtime=ms(d.deadtime),
                   warntime=ms(d.warntime), initdead=ms(d.initdead))
