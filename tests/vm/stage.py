@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,7 +69,7 @@ def step(name: str, argv: Sequence[str], limit_min: float, env: dict[str, str] |
         else:
             rc, found = _run_expecting(argv, env, limit_min, expect)
         if rc == 0 and not found:
-            print(f"vm stage: {name}: its first lines do not say {expect!r}", flush=True)
+            print(f"vm stage: {name}: its header does not say {expect!r}", flush=True)
         result = "ok" if rc == 0 and found else f"failed (exit {rc})" if rc else "failed"
     except subprocess.TimeoutExpired:
         result = f"failed (over {limit_min:g} min)"
@@ -80,22 +81,27 @@ def step(name: str, argv: Sequence[str], limit_min: float, env: dict[str, str] |
 
 def _run_expecting(argv: Sequence[str], env: dict[str, str] | None, limit_min: float,
                    expect: str) -> tuple[int, bool]:
-    deadline = time.monotonic() + limit_min * MINUTE
     with subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-        assert proc.stdout is not None
-        found, header = False, -1  # lines of the session's header seen (-1: not begun)
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            if header < 0 and "test session starts" in line:
-                header = 0
-            elif 0 <= header < HEADER_LINES:
-                header += 1
-                found = found or expect in line
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise subprocess.TimeoutExpired(argv, limit_min * MINUTE)
-        return proc.wait(), found
+        timer = threading.Timer(limit_min * MINUTE, proc.kill)  # (silent or not)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            found, header = False, -1  # lines of the session's header seen (-1: not begun)
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                if header < 0 and "test session starts" in line:
+                    header = 0
+                elif 0 <= header < HEADER_LINES:
+                    header += 1
+                    found = found or expect in line
+            rc = proc.wait()
+        finally:
+            timed_out = not timer.is_alive()
+            timer.cancel()
+        if timed_out:
+            raise subprocess.TimeoutExpired(argv, limit_min * MINUTE)
+        return rc, found
 
 
 def card_env() -> dict[str, str]:
