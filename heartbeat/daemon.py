@@ -6,8 +6,9 @@
   (``wire``); malformed, forged, replayed and foreign packets are counted by
   reason and dropped.
 * the VIP is added to / removed from the interface on its network
-  (``ip addr``), and announced with gratuitous ARP (raw frames whose sender
-  address is the VIP: request and reply, ``garp_count`` times).
+  (rtnetlink, ``heartbeat.rtnl``: no process started), and announced with
+  gratuitous ARP (raw frames whose sender address is the VIP: request and
+  reply, ``garp_count`` times).
 * tracked resources (a TCP connect or a command) make the node FAULT;
   resources start/stop on MASTER; notify hooks on every transition.
 * ``hbctl``: status, standby, takeover, events, over a unix socket.
@@ -33,11 +34,11 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from heartbeat import config, fsm, wire
+from heartbeat import config, fsm, rtnl, wire
 from lab.daemonkit import install_loop, parse_args
 from lab.errors import ConfigError, HalabError
 from lab.logs import EventLog
@@ -104,6 +105,16 @@ def multicast_socket(link: config.Link, port: int) -> socket.socket:
     s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
     s.setblocking(False)
     return s
+
+
+def _quietly(change: Callable[[str, ipaddress.IPv4Interface], None], ifname: str,
+             address: ipaddress.IPv4Interface) -> bool:
+    """An address change that may find nothing to do (``ip -force``): whether it did."""
+    try:
+        change(ifname, address)
+    except OSError:
+        return False
+    return True
 
 
 def garp_frames(mac: bytes, ip: bytes) -> list[bytes]:
@@ -347,51 +358,57 @@ class Daemon:
     def take_vip(self) -> None:
         self._cancel_drain()
         self._next_refresh = 0.0
-        res = self._run("ip", "addr", "replace", str(self.cfg.vip), "dev", self.iface)
-        if res.returncode != 0:
-            self.log.error("vip_add_failed", reason=res.stderr.decode().strip())
+        try:
+            rtnl.replace(self.iface, self.cfg.vip)
+        except OSError as e:
+            self.log.error("vip_add_failed", reason=str(e))
             return
         self.holds_vip = True
         self.log.warning("vip_added", vip=str(self.cfg.vip), interface=self.iface)
 
     def release_vip(self, quiet: bool = False) -> None:
         self._cancel_drain(leftover=quiet)
-        res = self._run("ip", "addr", "del", str(self.cfg.vip), "dev", self.iface)
+        removed = _quietly(rtnl.delete, self.iface, self.cfg.vip)
         self.holds_vip = False
-        if not quiet or res.returncode == 0:
+        if not quiet or removed:
             self.log.warning("vip_removed", vip=str(self.cfg.vip), interface=self.iface)
 
     def drain_vip(self) -> None:
         """Graceful handover: the VIP leaves the wire but stays a local address (on lo,
         where no ARP answers for it) until the handover window closes, so the
         connections still open here finish; the new master forwards their packets."""
-        vip = f"{self.cfg.vip.ip}/32"
         if self._drain_handle is not None:  # an earlier window's: this one replaces it
             self._drain_handle.cancel()
-        # one `ip` for both steps: local all along, off the wire at once
-        batch = f"addr replace {vip} dev lo\naddr del {self.cfg.vip} dev {self.iface}\n"
-        res = self._run("ip", "-force", "-batch", "-", input=batch.encode())
-        if res.returncode != 0:
-            self.log.error("vip_drain_failed", reason=res.stderr.decode().strip())
+        # local all along (on lo first), then off the wire at once
+        try:
+            rtnl.replace("lo", self._vip_on_lo)
+        except OSError as e:
+            self.log.error("vip_drain_failed", reason=str(e))
+        _quietly(rtnl.delete, self.iface, self.cfg.vip)
         self.holds_vip = False
         self.log.warning("vip_removed", vip=str(self.cfg.vip), interface=self.iface)
-        self.log.warning("vip_draining", vip=vip, window_s=self.cfg.handover_window)
+        self.log.warning("vip_draining", vip=str(self._vip_on_lo),
+                         window_s=self.cfg.handover_window)
         self._drain_handle = self.loop.call_later(self.cfg.handover_window, self._end_drain)
 
     def _end_drain(self) -> None:
         self._drain_handle = None
-        if self._run("ip", "addr", "del", f"{self.cfg.vip.ip}/32", "dev", "lo").returncode == 0:
+        if _quietly(rtnl.delete, "lo", self._vip_on_lo):
             self.log.info("vip_drained", vip=str(self.cfg.vip.ip))
 
     def _cancel_drain(self, leftover: bool = False) -> None:
         """End a drain window early: the VIP leaves lo. Only when one is open (a takeover
-        must not wait for a needless `ip`), or ``leftover``: one an earlier run left."""
+        must not wait for it), or ``leftover``: one an earlier run left."""
         if self._drain_handle is None and not leftover:
             return
         if self._drain_handle is not None:
             self._drain_handle.cancel()
         self._drain_handle = None
-        self._run("ip", "addr", "del", f"{self.cfg.vip.ip}/32", "dev", "lo")
+        _quietly(rtnl.delete, "lo", self._vip_on_lo)
+
+    @property
+    def _vip_on_lo(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(f"{self.cfg.vip.ip}/32")
 
     def vip_connections(self) -> int:
         """TCP connections on this host whose local address is the VIP."""
