@@ -14,10 +14,12 @@ Steps (every one bounded in time; the lab goes down at the end whatever happened
    by itself, and its first lines must say so (``halab lab: vagrant``).
 4. The workstation's path: a plain ``vagrant up`` of one VM with halab in the system
    mode (tests/vm/workstation_path.py).
-5. The same VMs as hosts someone else made, through the ssh backend (an inventory with
-   Vagrant's login): provisioned again over SSH, then the checks whose faults that
-   backend implements itself (links cut and the power-loss stand-in over SSH: the
-   failover check; the hosts; round robin). ``--full`` runs its whole suite.
+5. ``--full`` only: the same VMs as hosts someone else made, through the ssh backend
+   (an inventory with Vagrant's login): provisioned again over SSH, then its whole
+   suite (its own link cuts and power-loss stand-in among the rest). It costs about
+   12 min even cut to those checks (5 of them provisioning over new SSH trust), which
+   CI's 45 min cannot hold: CI runs steps 1-4 and 6; the README says when the full
+   stage last ran and how it went.
 6. ``halab --lab vagrant down``.
 
 Usage: python tests/vm/stage.py [--full] [pytest args for both suites...]
@@ -38,9 +40,6 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv" / "bin"
 HALAB = [str(VENV / "python"), "-m", "lab.cli", "--lab", "vagrant"]
 TOX = [str(VENV / "tox"), "run", "-e", "integration", "--"]
-# the ssh backend's own faults (links, the power-loss stand-in) and its provisioning;
-# the others (refuse, blackhole, stop, signals) are the vagrant backend's own code too
-SSH_SCOPE = ["-k", "test_failover or test_lab_hosts or test_round_robin"]
 CARD_LINE = "halab lab: vagrant"  # what the suite's first lines must say
 HEADER_LINES = 6  # pytest's platform, cache, header hooks, rootdir... lines
 DURATIONS = "--durations=15"  # the slowest tests of each suite, in the log
@@ -135,13 +134,15 @@ def main(args: list[str]) -> int:
              env=card_env(), expect=CARD_LINE)
         step("workstation path (plain vagrant up, system)",
              [str(VENV / "python"), "tests/vm/workstation_path.py"], 25)
-        with tempfile.TemporaryDirectory() as tmp:
-            inv = str(Path(tmp) / "inventory.toml")
-            step("ssh backend: inventory", [*HALAB, "inventory", "-o", inv], 5)
-            scope = [] if full else SSH_SCOPE
-            step(f"ssh backend: suite ({'full' if full else 'its own faults'})",
-                 [*TOX, "--lab", "ssh", "--inventory", inv, "--artifacts",
-                  str(ROOT / "artifacts-ssh"), DURATIONS, *scope, *extra], 40)
+        if full:
+            with tempfile.TemporaryDirectory() as tmp:
+                inv = str(Path(tmp) / "inventory.toml")
+                step("ssh backend: inventory", [*HALAB, "inventory", "-o", inv], 5)
+                step("ssh backend: its suite", [
+                    *TOX, "--lab", "ssh", "--inventory", inv, "--artifacts",
+                    str(ROOT / "artifacts-ssh"), DURATIONS, *extra], 40)
+        else:
+            ROWS.append(("ssh backend: its suite", 0.0, "not run (--full runs it)"))
         ok = True
     except StepFailed as e:
         print(f"\nvm stage: {e}", flush=True)
