@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from lab.backends.vagrant import VagrantBackend
 
 console = Console()
+RUN_ENV = "HALAB_VAGRANT_RUN"  # set by the Vagrantfile: which vagrant command runs us
 _say = threading.Lock()
 
 
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "named (idempotent; Vagrant's trigger runs it per VM)")
     pv.add_argument("--host", action="append", dest="hosts", metavar="HOST",
                     help="only this host (repeatable)")
+    pv.add_argument("--if-needed", action="store_true",
+                    help="--lab vagrant: skip a host provisioned already on this VM, in "
+                    "this boot, with this build and inputs (the trigger after `vagrant up`)")
     st = sub.add_parser("status", help="hosts, addresses and services")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     ck = sub.add_parser("check", help="validate a topology file and exit")
@@ -104,21 +108,98 @@ def cmd_up(backend: Backend) -> None:
     console.print(f"lab {backend.topology.lab} is up ({time.monotonic() - t0:.1f} s)")
 
 
-def cmd_provision(backend: Backend, hosts: Sequence[str] | None) -> None:
+def cmd_provision(backend: Backend, hosts: Sequence[str] | None,
+                  if_needed: bool = False) -> None:
     """Provision, saying each host's steps as they are done; on the VMs of the vagrant
-    lab, then whether every VM is now provisioned (lab/readiness.py)."""
+    lab, then whether every VM is now provisioned (lab/readiness.py). ``if_needed``
+    (the vagrant lab): a host provisioned already on this VM, in this boot, with this
+    build and inputs is skipped."""
     from lab.backends.vagrant import VagrantBackend
-    from provision import provision
 
     names = [backend.host(h).name for h in hosts] if hosts else list(backend.topology.hosts)
-    vms = backend if isinstance(backend, VagrantBackend) else None
-    if vms is not None:
-        readiness.unmark(vms.control_dir, names)
+    if not isinstance(backend, VagrantBackend):
+        _provision(backend, names)
+        return
+    vms = backend
+    run = os.environ.get(RUN_ENV)  # the Vagrant command this is part of, if any
+    inputs = provision_inputs(vms)
+    ids, boots = domains(vms), vms.boot_ids(names)
+    now = {h: readiness.Vm(ids[h], boots[h]) for h in names}
+    todo = names
+    if if_needed:
+        marked = readiness.marked(vms.control_dir)
+        why = {h: readiness.why_provision(marked.get(h), now[h],
+                                          readiness.inputs_digest(inputs)) for h in names}
+        todo = [h for h in names if why[h] is not None]
+        for h in names:
+            say(f"{h}: provisioning: needed ({why[h]})" if why[h] else
+                f"{h}: provisioned already in this boot with this build "
+                "(vagrant provision does it again)")
+        if not todo:
+            line = readiness.status_if_changed(vms.control_dir, look(vms, now), run)
+            if line is not None:
+                say(line)
+            return
+    readiness.unmark(vms.control_dir, todo)
+    _provision(backend, todo)
+    # the keys as provisioning used them (made by the first provisioning of all)
+    digest = readiness.inputs_digest({**inputs, "keys": keys_digest(vms.control_dir)})
+    missing = [h for h in todo if now[h].boot is None]
+    if missing:  # (it did not say before: once more)
+        now.update({h: readiness.Vm(now[h].domain, b)
+                    for h, b in vms.boot_ids(missing).items()})
+    done = {h: readiness.Marker(vm.domain, vm.boot, digest)
+            for h in todo if (vm := now[h]).domain is not None and vm.boot is not None}
+    say(readiness.mark_provisioned(vms.control_dir, done, look(vms, now), run))
+
+
+def _provision(backend: Backend, names: Sequence[str]) -> None:
+    from provision import provision
+
     t0 = time.monotonic()
     provision(backend, names, progress=lambda host, step: say(f"{host}: provisioning: {step}"))
     say(f"{', '.join(names)}: provisioned in {time.monotonic() - t0:.1f} s")
-    if vms is not None:
-        say(readiness.mark_provisioned(vms.control_dir, names, domains(vms)))
+
+
+def provision_inputs(vms: VagrantBackend) -> dict[str, str]:
+    """What provisioning a VM renders from, besides the VM itself (``--if-needed``
+    compares their digest): the checkout's sources (halab's build), the topology's
+    text, the lab's pace (slowness: the timers and timeouts it renders), where libvirtd
+    runs (the VMs' clock: synced to this machine under halab's own libvirtd) and the
+    lab's keys."""
+    from lab import vmhost
+    from lab.backends.ssh import source_digest
+
+    source = vms.topology.source
+    try:
+        topology = source.read_text()
+    except OSError:
+        topology = str(source)
+    return {"sources": source_digest(vms.root), "topology": topology,
+            "slowness": f"{vms.slowness:g}", "vmhost": vmhost.mode(),
+            "keys": keys_digest(vms.control_dir)}
+
+
+def keys_digest(control_dir: Path) -> str:
+    """The lab's keys on the controller (the public halves, the heartbeat key), which
+    provisioning writes to the hosts: other keys, another provisioning."""
+    files = [control_dir / "operator_ed25519.pub", control_dir / "authkey",
+             *sorted((control_dir / "host_keys").glob("*.pub"))]
+    return readiness.inputs_digest({str(f.relative_to(control_dir)): f.read_text()
+                                    for f in files if f.is_file()})
+
+
+def look(vms: VagrantBackend, known: dict[str, readiness.Vm]) -> readiness.Look:
+    """What every VM is now (readiness.Look): its domain id, and the boot id of each VM
+    a marker names (``known``: those read already); never raises."""
+    def now(marked: Mapping[str, readiness.Marker]) -> dict[str, readiness.Vm]:
+        ids = domains(vms)
+        ask = [h for h, d in ids.items() if h not in known and d is not None
+               and h in marked and marked[h].domain == d]
+        boots = vms.boot_ids(ask) if ask else {}
+        return {h: known[h] if h in known else readiness.Vm(d, boots.get(h))
+                for h, d in ids.items()}
+    return now
 
 
 def domains(vms: VagrantBackend) -> dict[str, str | None]:
@@ -209,7 +290,7 @@ def dispatch(args: argparse.Namespace) -> int:
             print(text, end="")
         return 0
     if args.cmd == "provision":
-        cmd_provision(backend, args.hosts)
+        cmd_provision(backend, args.hosts, args.if_needed)
         return 0
     if args.cmd == "down":
         backend.down()

@@ -50,6 +50,7 @@ from lab.inventory import Target
 from lab.topology import Topology
 
 PUBLIC_BOX = "debian/bookworm64"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"  # a new one at every boot
 DRIVER_ENV = "HALAB_VM_DRIVER"
 
 
@@ -156,6 +157,43 @@ class VagrantBackend(SshBackend):
             return path.read_text().strip()
         except OSError:
             raise HalabError(f"{host}: no VM (run `halab --lab vagrant up`)") from None
+
+    def boot_ids(self, hosts: Sequence[str], timeout: float = 10.0) -> dict[str, str | None]:
+        """Each host's kernel boot id (new at every boot of its VM), read over SSH, one
+        command per host, all at once; None for a VM libvirt does not run or that does
+        not answer within ``timeout`` (x slowness). Never raises. (Daemon threads, not a
+        pool: one stuck connecting to a dead VM must not hold this process at exit.)"""
+        found: dict[str, str | None] = dict.fromkeys(hosts)
+        running = self._running_domains()
+
+        def read(h: str) -> None:
+            try:
+                if running is not None and self.domain(h).encode() not in running:
+                    return  # halted: there is nothing to ask
+                res = self.run(h, ["cat", BOOT_ID], check=False, timeout=timeout)
+                if res.ok and res.text.strip():
+                    found[h] = res.text.strip()
+            except Exception:  # (no VM, no SSH, no answer: no boot id)
+                pass
+
+        threads = [threading.Thread(target=read, args=(h,), daemon=True,
+                                    name=f"boot-id-{h}") for h in hosts]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + timeout * self.slowness
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return {h: None if t.is_alive() else found[h] for h, t in zip(hosts, threads,
+                                                                         strict=True)}
+
+    def _running_domains(self) -> list[bytes] | None:
+        """The uuids of the domains libvirt runs; None if it cannot say."""
+        try:
+            if not vmhost.available():
+                return None
+            return vmhost.run(["virsh", "list", "--uuid"], timeout=15).stdout.split()
+        except (HalabError, OSError, subprocess.SubprocessError):
+            return None
 
     def virsh(self, *args: str, check: bool = True) -> str:
         return vmhost.run(["virsh", *args], check=check).stdout.decode(errors="replace")
