@@ -11,8 +11,10 @@ the same provision/ code as every other backend.
   and remembered (``STATE/known_hosts.login``, for OpenSSH and paramiko alike). The
   hosts keep their own host keys: the lab reads them instead of making new ones
 * ``prepare`` (before provisioning): halab itself on the host, from a wheelhouse
-  built from the checkout (once for all hosts), installed into /opt/halab/venv with
-  ``--no-index``, its programs linked into /usr/local/bin
+  built from the checkout (once for all hosts), unpacked by PyPA's installer (no pip)
+  into a new venv swapped in at /opt/halab/venv, its programs linked into
+  /usr/local/bin; a host of another Python gets pip's install, from its own index for
+  what the wheelhouse has not for it
 * services are systemd units: halab's own from provision/units, others rendered
   from the service's argv (``halab-NAME.service``, the distribution's unit of the
   same program disabled), sshd is the system's ssh.service with the lab's config;
@@ -34,6 +36,7 @@ import hashlib
 import io
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -41,6 +44,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +58,29 @@ from lab.topology import Topology
 
 UNITS = Path(provision.__file__).parent / "units"
 VENV = "/opt/halab/venv"
-# halab's venv, and $pip to install into it. On Debian, without a pip of its own: the one
-# of python3-venv's wheel runs from that wheel (a venv's own pip, its install compiled,
-# cost minutes under software emulation); elsewhere a venv with pip. The installs
-# compile nothing: Python compiles what it imports, once.
-INSTALL = """\
-w=$(ls /usr/share/python-wheels/pip-*.whl 2>/dev/null | tail -n 1)
-if [ ! -x {venv}/bin/python ]; then
-  if [ -n "$w" ]; then python3 -m venv --without-pip {venv}; else python3 -m venv {venv}; fi
-fi
-if [ -x {venv}/bin/pip ]; then pip={venv}/bin/pip; else pip="{venv}/bin/python $w/pip"; fi
+# PyPA's wheel installer, put in the wheelhouse for the hosts: without pip (imported and
+# run twice, under software emulation, it took minutes per VM), one Python process
+# unpacks every wheel of the build into a new venv
+INSTALLER = "installer>=0.7,<2"
+WHEELS_TMP = "/tmp/halab-wheels"  # the wheels on a host, while they are installed
+# The host's venv python: install every wheel of ``argv[2]`` (the installer's own aside)
+# into its venv; the scripts' shebang is ``argv[1]``'s python (where the venv will be).
+# No bytecode is compiled: Python compiles what it imports, once.
+INSTALL_PY = """\
+import sys, sysconfig
+from pathlib import Path
+from installer import install
+from installer.destinations import SchemeDictionaryDestination
+from installer.sources import WheelFile
+venv, wheels = sys.argv[1], Path(sys.argv[2])
+include = sysconfig.get_path("include", vars={"installed_base": sys.prefix})
+for whl in sorted(wheels.glob("*.whl")):
+    if whl.name.startswith("installer-"):
+        continue
+    with WheelFile.open(whl) as source:
+        scheme = {**sysconfig.get_paths(), "headers": f"{include}/{source.distribution}"}
+        install(source, SchemeDictionaryDestination(
+            scheme, interpreter=f"{venv}/bin/python", script_kind="posix"), {})
 """
 PROGRAMS = ("halab", "halab-balancer", "balancerctl", "halab-heartbeat", "hbctl")
 SERVICES_DIR = "/etc/halab/services"  # one file per service provisioned: its unit
@@ -94,6 +111,153 @@ def source_digest(root: Path) -> str:
     for f in files:
         h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class WheelTarget:
+    """What a host needs to take the wheelhouse's wheels as they are: this machine's
+    Python (its pip built them for itself) and system, a glibc that new."""
+
+    python: str  # major.minor: "3.11"
+    system: str  # as `uname -sm` says: "Linux x86_64"
+    glibc: str | None  # the oldest that every wheel runs on; None: no wheel needs one
+
+
+MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+
+
+def glibc_needed(wheel: str, own: tuple[int, int]) -> tuple[int, int] | None:
+    """The oldest glibc that ``wheel`` (a file name) runs on: (0, 0) for none needed,
+    ``own`` (this machine's) for a wheel built here (linux_*); None for a wheel for
+    another system (macOS, musl)."""
+    best: tuple[int, int] | None = None
+    for tag in wheel.removesuffix(".whl").split("-")[-1].split("."):
+        need: tuple[int, int] | None = None
+        family = tag.split("_")[0]
+        if tag == "any":
+            need = (0, 0)
+        elif family in MANYLINUX:
+            need = MANYLINUX[family]
+        elif family == "manylinux" and tag.count("_") >= 3:
+            major, minor = tag.split("_")[1:3]
+            need = (int(major), int(minor)) if (major + minor).isdigit() else None
+        elif family == "linux":
+            need = own
+        if need is not None and (best is None or need < best):
+            best = need
+    return best
+
+
+def wheels_target(wheels: Sequence[str], python: tuple[int, int] | None = None,
+                  system: str | None = None, glibc: str | None = None) -> WheelTarget | None:
+    """Which hosts take ``wheels`` (file names) as they are: those of the Python and the
+    system they were built on and for (this machine's, unless ``python``, ``system``,
+    ``glibc`` say which), with a glibc as new as they need; None: no host (pip then)."""
+    python = python or (sys.version_info.major, sys.version_info.minor)
+    uname = os.uname()
+    system = system or f"{uname.sysname} {uname.machine}"
+    if glibc is None:
+        try:
+            glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").removeprefix("glibc ")
+        except (ValueError, OSError):  # (no glibc here)
+            glibc = ""
+    major, _, minor = glibc.partition(".")
+    own = (int(major), int(minor.split(".")[0])) if glibc else (0, 0)
+    needs = [glibc_needed(w, own) for w in wheels]
+    if not system.startswith("Linux ") or None in needs:
+        return None
+    need = max((n for n in needs if n is not None), default=(0, 0))
+    return WheelTarget(f"{python[0]}.{python[1]}", system,
+                       f"{need[0]}.{need[1]}" if need > (0, 0) else None)
+
+
+def takes_wheels(target: WheelTarget | None, venv: str) -> str:
+    """Shell: true where ``target`` is met by the host whose new venv (made by its
+    python3) is ``venv``; no process but uname and getconf."""
+    if target is None:
+        return "false"
+    test = (f'[ "$(uname -sm)" = {shlex.quote(target.system)} ] && '
+            f"[ -d {venv}/lib/python{target.python}/site-packages ]")
+    if target.glibc:  # (musl has no getconf GNU_LIBC_VERSION: pip then)
+        test += (f' && g=$(getconf GNU_LIBC_VERSION 2>/dev/null) && '
+                 f'printf "%s\\n" {target.glibc} "${{g#glibc }}" | sort -C -V')
+    return test
+
+
+def build_digest(wheels: Path) -> str:
+    """What is installed from ``wheels``: the sources and every wheel's name (its
+    version), noted in the venv."""
+    return hashlib.sha256((wheels / "source.sha256").read_bytes() + "\0".join(
+        sorted(w.name for w in wheels.glob("*.whl"))).encode()).hexdigest()
+
+
+def wheel_tar(wheels: Path) -> bytes:
+    """Every wheel of the wheelhouse in one tar archive (one transfer, owner root)."""
+    def root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        info.mode = 0o644
+        return info
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for whl in sorted(wheels.glob("*.whl")):
+            tar.add(whl, arcname=whl.name, filter=root)
+    return buf.getvalue()
+
+
+def install_script(venv: str, wheels: str, digest: str, target: WheelTarget | None, *,
+                   tar: str | None = None, bin_dir: str = "/usr/local/bin",
+                   dirs: Sequence[str] = ()) -> str:
+    """Shell, run as root on a host: halab and what it needs installed from ``wheels``
+    (a directory, unpacked first from the archive ``tar``) into a venv made anew beside
+    ``venv`` (``venv``.new) and swapped in: nothing of an older build stays, and the
+    venv in place stays whole until the new one is (its daemons run on, their files
+    open). Where the host takes the wheels as they are (``target``), PyPA's installer
+    unpacks them; elsewhere (another Python), pip installs halab's wheel and the host's
+    own wheels of what it needs, from its index. Then the build's ``digest`` noted in
+    the venv, the programs linked into ``bin_dir``, ``dirs`` made."""
+    for path in (venv, wheels, tar or "", bin_dir, *dirs):
+        if not set(path) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                "0123456789_.+-/"):
+            raise ValueError(f"install_script: {path!r}: not a plain path")
+    new, old = f"{venv}.new", f"{venv}.old"
+    links = " ".join(f"{venv}/bin/{p}" for p in PROGRAMS)
+    pip = f"$pip install -q --no-compile --find-links {wheels}"
+    return "\n".join([
+        "set -e",
+        *([f"rm -rf {wheels}; mkdir -m 700 {wheels}",
+           f"tar -x -C {wheels} -f {tar}; rm -f {tar}"] if tar else []),
+        "apt_venv() { DEBIAN_FRONTEND=noninteractive apt-get update -qq && "
+        "apt-get install -y -qq python3-venv; }",
+        f"rm -rf {new} {old}",
+        f"python3 -m venv --without-pip {new} 2>/dev/null || "
+        f"{{ apt_venv && python3 -m venv --without-pip {new}; }}",
+        f"if {takes_wheels(target, new)}; then",
+        f"  set -- {wheels}/installer-*.whl",
+        f'  PYTHONPATH="$1" {new}/bin/python -c {shlex.quote(INSTALL_PY)} {venv} {wheels}',
+        "else",
+        # pip: on Debian the one of python3-venv's wheel, run from that wheel (a venv's
+        # own pip, its install compiled, cost minutes under software emulation); else
+        # a venv with pip
+        "  w=$(ls /usr/share/python-wheels/pip-*.whl 2>/dev/null | tail -n 1)",
+        "  if [ -z \"$w\" ] && ! python3 -c 'import ensurepip' 2>/dev/null; then",
+        "    apt_venv; w=$(ls /usr/share/python-wheels/pip-*.whl | tail -n 1)",
+        "  fi",
+        f'  if [ -n "$w" ]; then pip="{new}/bin/python $w/pip"; '
+        f"else python3 -m venv {new}; pip={new}/bin/pip; fi",
+        f"  {pip} --no-index {wheels}/halab-*.whl || {pip} {wheels}/halab-*.whl",
+        "fi",
+        # the venv's own files and pip's launchers name the venv: its final path
+        f"grep -rlIF {new} {new}/bin {new}/pyvenv.cfg | xargs -r sed -i 's|{new}|{venv}|g'",
+        f"echo {digest} > {new}/wheels.sha256",
+        f"if [ -e {venv} ] || [ -L {venv} ]; then mv -T {venv} {old}; fi",
+        f"mv -T {new} {venv}",
+        f"rm -rf {old} {wheels}",
+        f"mkdir -p {bin_dir} {' '.join(dirs)}",
+        f"ln -sf {links} {bin_dir}/",
+        "sync",  # (a power loss soon after must not leave files empty)
+    ]) + "\n"
 
 
 def render_unit(spec: ServiceSpec) -> str:
@@ -444,50 +608,45 @@ class SshBackend(Backend):
 
     def _wheelhouse(self) -> Path:
         """halab and what it needs from PyPI, as wheels (a host may have no internet),
-        rebuilt when the checkout's sources changed; one builder at a time."""
+        and PyPA's installer to install them; built anew when the checkout's sources
+        changed (nothing of an older build stays: each wheel of it is installed); one
+        builder at a time."""
         wheels = self.control_dir / "wheels"
-        wheels.mkdir(parents=True, exist_ok=True)
+        self.control_dir.mkdir(parents=True, exist_ok=True)
         with open(self.control_dir / "wheels.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             digest = source_digest(self._source())
             stamp = wheels / "source.sha256"
-            if stamp.exists() and stamp.read_text() == digest:
+            if (stamp.exists() and stamp.read_text() == digest
+                    and any(wheels.glob("installer-*.whl"))):
                 return wheels
-            for old in wheels.glob("halab-*.whl"):
-                old.unlink()
-            run_local([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels),
-                       str(self._source())], timeout=600)
-            stamp.write_text(digest)
+            new, old = wheels.with_name("wheels.new"), wheels.with_name("wheels.old")
+            for d in (new, old):
+                shutil.rmtree(d, ignore_errors=True)
+            run_local([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(new),
+                       str(self._source()), INSTALLER], timeout=600)
+            (new / "source.sha256").write_text(digest)
+            if wheels.exists():
+                wheels.rename(old)
+            new.rename(wheels)
+            shutil.rmtree(old, ignore_errors=True)
         return wheels
 
     def _install(self, host: str, wheels: Path) -> None:
-        # what is installed: the sources and every wheel's name (its version)
-        digest = hashlib.sha256((wheels / "source.sha256").read_bytes() + "\0".join(
-            sorted(w.name for w in wheels.glob("*.whl"))).encode()).hexdigest()
-        stamp = f"{VENV}/wheels.sha256"
-        have = self.run(host, ["cat", stamp], check=False).text.strip()
+        """halab into the host's venv, unless this very build is there: the wheels in
+        one archive, then one command (install_script); an SSH round trip costs a
+        second under software emulation."""
+        digest = build_digest(wheels)
+        have = self.run(host, ["cat", f"{VENV}/wheels.sha256"], check=False).text.strip()
         if have == digest:
             return  # this very build is installed
-        tmp = "/tmp/halab-wheels"
-        self.run(host, ["sh", "-c", f"rm -rf {tmp} && mkdir -m 1777 -p {tmp}"])
-        conn = self.connection(host)
-        for whl in sorted(wheels.glob("*.whl")):
-            conn.put(str(whl), f"{tmp}/{whl.name}")
-        venv = self.run(host, ["python3", "-c", "import ensurepip"], check=False)
-        if not venv.ok:  # Debian keeps venv's pip apart
-            self.run(host, ["sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get update -qq "
-                            "&& apt-get install -y -qq python3-venv"], timeout=900)
-        links = " ".join(f"{VENV}/bin/{p}" for p in PROGRAMS)
-        pip = f"$pip install -q --no-compile --find-links {tmp}"
-        self.run(host, ["sh", "-c", INSTALL.format(venv=VENV) +
-                        f"{pip} --no-index --force-reinstall --no-deps {tmp}/halab-*.whl && "
-                        # (a host with another Python than this machine's: its own
-                        # wheels of what halab needs, from its index)
-                        f"{{ {pip} --no-index halab || {pip} halab; }} && "
-                        f"ln -sf {links} /usr/local/bin/ && rm -rf {tmp}"], timeout=900)
+        tar = f"/tmp/.halab-wheels-{os.getpid()}-{threading.get_ident()}.tar"
+        self.connection(host).put(io.BytesIO(wheel_tar(wheels)), tar)
         hp = self.paths(host)
-        self.run(host, ["mkdir", "-p", str(hp.run), str(hp.log), str(hp.state)])
-        self.put_file(host, stamp, digest + "\n")
+        target = wheels_target([w.name for w in wheels.glob("*.whl")])
+        self.run(host, ["sh", "-c", install_script(
+            VENV, WHEELS_TMP, digest, target, tar=tar,
+            dirs=[str(hp.run), str(hp.log), str(hp.state)])], timeout=900)
 
     # services (systemd) ---------------------------------------------------------------
 
