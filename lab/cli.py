@@ -164,10 +164,10 @@ def _provision(backend: Backend, names: Sequence[str]) -> None:
 def provision_inputs(vms: VagrantBackend) -> dict[str, str]:
     """What provisioning a VM renders from, besides the VM itself (``--if-needed``
     compares their digest): the checkout's sources (halab's build), the topology's
-    text, the lab's pace (slowness: the timers and timeouts it renders), where libvirtd
-    runs (the VMs' clock: synced to this machine under halab's own libvirtd) and the
-    lab's keys."""
-    from lab import vmhost
+    text, the lab's pace (slowness: the timers and timeouts it renders) and the lab's
+    keys. Not where libvirtd runs (which decides the VMs' clock setup): a VM lives in
+    one libvirtd all its life, whichever way halab reaches it (CI's workstation path
+    reaches halab's own as the system's), so for the same VM it never changes."""
     from lab.backends.ssh import source_digest
 
     source = vms.topology.source
@@ -176,8 +176,7 @@ def provision_inputs(vms: VagrantBackend) -> dict[str, str]:
     except OSError:
         topology = str(source)
     return {"sources": source_digest(vms.root), "topology": topology,
-            "slowness": f"{vms.slowness:g}", "vmhost": vmhost.mode(),
-            "keys": keys_digest(vms.control_dir)}
+            "slowness": f"{vms.slowness:g}", "keys": keys_digest(vms.control_dir)}
 
 
 def keys_digest(control_dir: Path) -> str:
