@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import io
 import os
 import shlex
@@ -42,6 +43,7 @@ import sys
 import tarfile
 import threading
 import time
+import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,12 +60,15 @@ from lab.topology import Topology
 
 UNITS = Path(provision.__file__).parent / "units"
 VENV = "/opt/halab/venv"
-# PyPA's wheel installer, put in the wheelhouse for the hosts: without pip (imported and
-# run twice, under software emulation, it took minutes per VM), one Python process
-# unpacks every wheel of the build into a new venv
-INSTALLER = "installer>=0.7,<2"
+# PyPA's wheel installer (pure Python, installed here with halab's `vm`/`test` extras),
+# zipped from this machine's copy into the wheelhouse for the hosts: without pip
+# (imported and run twice, under software emulation, it took minutes per VM), one
+# Python process unpacks every wheel of the build into a new venv. From this machine,
+# not an index: the wheelhouse may be built where no index is reachable (Vagrant's
+# trigger, in halab's namespace)
+INSTALLER_ZIP = "installer.zip"
 WHEELS_TMP = "/tmp/halab-wheels"  # the wheels on a host, while they are installed
-# The host's venv python: install every wheel of ``argv[2]`` (the installer's own aside)
+# The host's venv python: install every wheel of ``argv[2]``
 # into its venv; the scripts' shebang is ``argv[1]``'s python (where the venv will be).
 # No bytecode is compiled: Python compiles what it imports, once.
 INSTALL_PY = """\
@@ -75,8 +80,6 @@ from installer.sources import WheelFile
 venv, wheels = sys.argv[1], Path(sys.argv[2])
 include = sysconfig.get_path("include", vars={"installed_base": sys.prefix})
 for whl in sorted(wheels.glob("*.whl")):
-    if whl.name.startswith("installer-"):
-        continue
     with WheelFile.open(whl) as source:
         scheme = {**sysconfig.get_paths(), "headers": f"{include}/{source.distribution}"}
         install(source, SchemeDictionaryDestination(
@@ -191,8 +194,30 @@ def build_digest(wheels: Path) -> str:
         sorted(w.name for w in wheels.glob("*.whl"))).encode()).hexdigest()
 
 
+def installer_files() -> list[tuple[Path, str]]:
+    """PyPA's installer as this machine has it: its files, each with its name in a zip
+    (none where halab was installed without it: the hosts get pip's install then)."""
+    spec = importlib.util.find_spec("installer")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    package = Path(next(iter(spec.submodule_search_locations)))
+    return [(f, f"installer/{f.relative_to(package)}") for f in sorted(package.rglob("*"))
+            if f.is_file() and "__pycache__" not in f.parts]
+
+
+def zip_installer(path: Path) -> None:
+    """The installer, importable from the zip ``path`` (zipimport: on PYTHONPATH)."""
+    files = installer_files()
+    if not files:
+        return
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for f, name in files:
+            z.write(f, name)
+
+
 def wheel_tar(wheels: Path) -> bytes:
-    """Every wheel of the wheelhouse in one tar archive (one transfer, owner root)."""
+    """Every wheel of the wheelhouse, and the installer, in one tar archive (one
+    transfer, owner root)."""
     def root(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
         info.uname = info.gname = "root"
@@ -201,8 +226,8 @@ def wheel_tar(wheels: Path) -> bytes:
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for whl in sorted(wheels.glob("*.whl")):
-            tar.add(whl, arcname=whl.name, filter=root)
+        for f in [*sorted(wheels.glob("*.whl")), *wheels.glob(INSTALLER_ZIP)]:
+            tar.add(f, arcname=f.name, filter=root)
     return buf.getvalue()
 
 
@@ -234,8 +259,8 @@ def install_script(venv: str, wheels: str, digest: str, target: WheelTarget | No
         f"python3 -m venv --without-pip {new} 2>/dev/null || "
         f"{{ apt_venv && python3 -m venv --without-pip {new}; }}",
         f"if {takes_wheels(target, new)}; then",
-        f"  set -- {wheels}/installer-*.whl",
-        f'  PYTHONPATH="$1" {new}/bin/python -c {shlex.quote(INSTALL_PY)} {venv} {wheels}',
+        f"  PYTHONPATH={wheels}/{INSTALLER_ZIP} {new}/bin/python "
+        f"-c {shlex.quote(INSTALL_PY)} {venv} {wheels}",
         "else",
         # pip: on Debian the one of python3-venv's wheel, run from that wheel (a venv's
         # own pip, its install compiled, cost minutes under software emulation); else
@@ -618,13 +643,14 @@ class SshBackend(Backend):
             digest = source_digest(self._source())
             stamp = wheels / "source.sha256"
             if (stamp.exists() and stamp.read_text() == digest
-                    and any(wheels.glob("installer-*.whl"))):
+                    and (wheels / INSTALLER_ZIP).exists() == bool(installer_files())):
                 return wheels
             new, old = wheels.with_name("wheels.new"), wheels.with_name("wheels.old")
             for d in (new, old):
                 shutil.rmtree(d, ignore_errors=True)
             run_local([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(new),
-                       str(self._source()), INSTALLER], timeout=600)
+                       str(self._source())], timeout=600)
+            zip_installer(new / INSTALLER_ZIP)
             (new / "source.sha256").write_text(digest)
             if wheels.exists():
                 wheels.rename(old)
@@ -643,7 +669,8 @@ class SshBackend(Backend):
         tar = f"/tmp/.halab-wheels-{os.getpid()}-{threading.get_ident()}.tar"
         self.connection(host).put(io.BytesIO(wheel_tar(wheels)), tar)
         hp = self.paths(host)
-        target = wheels_target([w.name for w in wheels.glob("*.whl")])
+        target = (wheels_target([w.name for w in wheels.glob("*.whl")])
+                  if (wheels / INSTALLER_ZIP).exists() else None)  # (else pip)
         self.run(host, ["sh", "-c", install_script(
             VENV, WHEELS_TMP, digest, target, tar=tar,
             dirs=[str(hp.run), str(hp.log), str(hp.state)])], timeout=900)
