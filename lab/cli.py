@@ -136,7 +136,8 @@ def cmd_provision(backend: Backend, hosts: Sequence[str] | None,
                 f"{h}: provisioned already in this boot with this build "
                 "(vagrant provision does it again)")
         if not todo:
-            line = readiness.status_if_changed(vms.control_dir, look(vms, now), run)
+            line = readiness.status_if_changed(vms.control_dir, look(vms, now), run,
+                                               readiness.inputs_digest(inputs))
             if line is not None:
                 say(line)
             return
@@ -150,7 +151,7 @@ def cmd_provision(backend: Backend, hosts: Sequence[str] | None,
                     for h, b in vms.boot_ids(missing).items()})
     done = {h: readiness.Marker(vm.domain, vm.boot, digest)
             for h in todo if (vm := now[h]).domain is not None and vm.boot is not None}
-    say(readiness.mark_provisioned(vms.control_dir, done, look(vms, now), run))
+    say(readiness.mark_provisioned(vms.control_dir, done, look(vms, now), run, digest))
 
 
 def _provision(backend: Backend, names: Sequence[str]) -> None:

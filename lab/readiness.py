@@ -92,21 +92,26 @@ def why_provision(marker: Marker | None, now: Vm, inputs: str) -> str | None:
     return None
 
 
-def ready(vms: Mapping[str, Vm], marked: Mapping[str, Marker]) -> list[str]:
-    """The hosts provisioned as the VM they are now, in the boot they are in."""
+def ready(vms: Mapping[str, Vm], marked: Mapping[str, Marker],
+          inputs: str | None = None) -> list[str]:
+    """The hosts provisioned as the VM they are now, in the boot they are in (and, given
+    ``inputs``, with these: a VM of an older build is not ready while another VM's
+    provisioning of the new one has just ended)."""
     found = []
     for h, vm in vms.items():
         m = marked.get(h)
         if (m is not None and vm.domain is not None and vm.boot is not None
-                and (m.domain, m.boot) == (vm.domain, vm.boot)):
+                and (m.domain, m.boot) == (vm.domain, vm.boot)
+                and inputs in (None, m.inputs)):
             found.append(h)
     return found
 
 
-def status_line(vms: Mapping[str, Vm], marked: Mapping[str, Marker]) -> str:
+def status_line(vms: Mapping[str, Vm], marked: Mapping[str, Marker],
+                inputs: str | None = None) -> str:
     """The lab is ready (and what to type next), or how many VMs are and which not yet.
-    ``vms``: every host of the topology, in its order."""
-    done = ready(vms, marked)
+    ``vms``: every host of the topology, in its order; ``inputs``: see ``ready``."""
+    done = ready(vms, marked, inputs)
     waiting = [h for h in vms if h not in done]
     if not waiting:
         return (f"halab: the lab is ready: {len(done)} VMs up and provisioned "
@@ -128,7 +133,7 @@ def marked(control_dir: Path) -> dict[str, Marker]:
 
 
 def mark_provisioned(control_dir: Path, done: Mapping[str, Marker], look: Look,
-                     run: str | None = None) -> str:
+                     run: str | None = None, inputs: str | None = None) -> str:
     """Note the hosts of ``done`` provisioned (each as its marker says) and say where the
     lab stands (``status_line``; ``look``: what the VMs are now), one process at a time.
     ``run``: the Vagrant command this is part of (see ``status_if_changed``)."""
@@ -137,16 +142,17 @@ def mark_provisioned(control_dir: Path, done: Mapping[str, Marker], look: Look,
             tmp = markers / f".{h}.tmp"
             tmp.write_text(json.dumps(asdict(m)) + "\n")
             tmp.replace(markers / h)
-        return _said(control_dir, run, _status(markers, look))
+        return _said(control_dir, run, _status(markers, look, inputs))
 
 
-def status_if_changed(control_dir: Path, look: Look, run: str | None) -> str | None:
+def status_if_changed(control_dir: Path, look: Look, run: str | None,
+                      inputs: str | None = None) -> str | None:
     """Where the lab stands, for a host that was not provisioned (it was already): None
     when that line was the last one said in the same Vagrant command ``run`` (so the
     VMs of a ``vagrant up`` that all skip say the lab is ready once); without a ``run``
     (halab run by hand), always the line."""
     with _locked(control_dir) as markers:
-        line = _status(markers, look)
+        line = _status(markers, look, inputs)
         last = _last_said(control_dir)
         if run is not None and last == {"run": run, "line": line}:
             return None
@@ -169,9 +175,9 @@ def _locked(control_dir: Path) -> Iterator[Path]:
         yield markers
 
 
-def _status(markers: Path, look: Look) -> str:
+def _status(markers: Path, look: Look, inputs: str | None) -> str:
     found = _marked(markers)
-    return status_line(look(found), found)
+    return status_line(look(found), found, inputs)
 
 
 def _marked(markers: Path) -> dict[str, Marker]:

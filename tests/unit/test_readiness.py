@@ -30,11 +30,11 @@ def now(vms: Mapping[str, readiness.Vm]) -> readiness.Look:
 
 
 def mark(tmp_path: Path, hosts: Iterable[str], vms: Mapping[str, readiness.Vm] = VMS,
-         run: str | None = None) -> str:
-    """``hosts`` provisioned as the VMs they are in ``vms``."""
-    done = {h: readiness.Marker(d, b, "inputs-1") for h in hosts
+         run: str | None = None, inputs: str = "inputs-1") -> str:
+    """``hosts`` provisioned as the VMs they are in ``vms``, with ``inputs``."""
+    done = {h: readiness.Marker(d, b, inputs) for h in hosts
             if (d := vms[h].domain) is not None and (b := vms[h].boot) is not None}
-    return readiness.mark_provisioned(tmp_path, done, now(vms), run)
+    return readiness.mark_provisioned(tmp_path, done, now(vms), run, inputs)
 READY = ("halab: the lab is ready: 5 VMs up and provisioned (client, dir0, dir1, web0, "
          "web1). Next: tox -e integration   (or: .venv/bin/tox -e integration)")
 
@@ -170,6 +170,16 @@ def test_after_halt_and_up_old_markers_do_not_make_the_lab_ready(tmp_path: Path)
     assert mark(tmp_path, ["web0"], rebooted) == (
         "halab: 1 of 5 VMs provisioned; waiting for client, dir0, dir1, web1")
     lines = [mark(tmp_path, [h], rebooted) for h in ("client", "web1", "dir1", "dir0")]
+    assert lines[-1] == READY and lines.count(READY) == 1
+
+
+def test_a_vm_of_an_older_build_is_not_ready(tmp_path: Path) -> None:
+    """`vagrant provision` after a change, one VM after the other: the first one done
+    does not count the others, still as an older build provisioned them."""
+    mark(tmp_path, TOPO.hosts)
+    assert mark(tmp_path, ["client"], inputs="inputs-2") == (
+        "halab: 1 of 5 VMs provisioned; waiting for dir0, dir1, web0, web1")
+    lines = [mark(tmp_path, [h], inputs="inputs-2") for h in ("dir0", "dir1", "web0", "web1")]
     assert lines[-1] == READY and lines.count(READY) == 1
 
 
