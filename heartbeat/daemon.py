@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import ipaddress
 import json
 import os
@@ -34,7 +35,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,16 +106,6 @@ def multicast_socket(link: config.Link, port: int) -> socket.socket:
     s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
     s.setblocking(False)
     return s
-
-
-def _quietly(change: Callable[[str, ipaddress.IPv4Interface], None], ifname: str,
-             address: ipaddress.IPv4Interface) -> bool:
-    """An address change that may find nothing to do (``ip -force``): whether it did."""
-    try:
-        change(ifname, address)
-    except OSError:
-        return False
-    return True
 
 
 def garp_frames(mac: bytes, ip: bytes) -> list[bytes]:
@@ -368,7 +359,7 @@ class Daemon:
 
     def release_vip(self, quiet: bool = False) -> None:
         self._cancel_drain(leftover=quiet)
-        removed = _quietly(rtnl.delete, self.iface, self.cfg.vip)
+        removed = self._delete(self.iface, self.cfg.vip)
         self.holds_vip = False
         if not quiet or removed:
             self.log.warning("vip_removed", vip=str(self.cfg.vip), interface=self.iface)
@@ -384,7 +375,7 @@ class Daemon:
             rtnl.replace("lo", self._vip_on_lo)
         except OSError as e:
             self.log.error("vip_drain_failed", reason=str(e))
-        _quietly(rtnl.delete, self.iface, self.cfg.vip)
+        self._delete(self.iface, self.cfg.vip)
         self.holds_vip = False
         self.log.warning("vip_removed", vip=str(self.cfg.vip), interface=self.iface)
         self.log.warning("vip_draining", vip=str(self._vip_on_lo),
@@ -393,7 +384,7 @@ class Daemon:
 
     def _end_drain(self) -> None:
         self._drain_handle = None
-        if _quietly(rtnl.delete, "lo", self._vip_on_lo):
+        if self._delete("lo", self._vip_on_lo):
             self.log.info("vip_drained", vip=str(self.cfg.vip.ip))
 
     def _cancel_drain(self, leftover: bool = False) -> None:
@@ -404,7 +395,19 @@ class Daemon:
         if self._drain_handle is not None:
             self._drain_handle.cancel()
         self._drain_handle = None
-        _quietly(rtnl.delete, "lo", self._vip_on_lo)
+        self._delete("lo", self._vip_on_lo)
+
+    def _delete(self, ifname: str, address: ipaddress.IPv4Interface) -> bool:
+        """Take ``address`` off ``ifname``: whether it was there (an address already gone
+        is no error, as with ``ip -force``; any other failure is logged)."""
+        try:
+            rtnl.delete(ifname, address)
+        except OSError as e:
+            if e.errno != errno.EADDRNOTAVAIL:
+                self.log.error("vip_remove_failed", vip=str(address), interface=ifname,
+                               reason=str(e))
+            return False
+        return True
 
     @property
     def _vip_on_lo(self) -> ipaddress.IPv4Interface:

@@ -83,6 +83,17 @@ try:
     rtnl.replace("nosuchdev", vip)
 except OSError as e:
     steps["no_device"] = e.errno
+# the daemon's own removal: an address already gone is no error; anything else is said
+import io
+from heartbeat import config
+from heartbeat.daemon import Daemon
+from lab.logs import EventLog
+from tests.unit.test_heartbeat_wire_config import CFG
+out = io.StringIO()
+daemon = Daemon(config.loads(CFG.format(key="/k")), "hb.toml", EventLog("heartbeat", stream=out))
+steps["removed"] = [daemon._delete("lo", on_lo), daemon._delete("lo", on_lo),
+                    daemon._delete("nosuchdev", vip)]
+steps["logged"] = [line.split("event=")[1].split()[0] for line in out.getvalue().splitlines()]
 print(json.dumps(steps))
 """
 
@@ -101,3 +112,5 @@ def test_the_kernel_takes_the_changes_as_ip_makes_them() -> None:
     assert steps["deleted_again"] == errno.EADDRNOTAVAIL
     assert steps["host_route"] == [[str(VIP.ip), 32, "global"]]
     assert steps["no_device"] == errno.ENODEV
+    assert steps["removed"] == [True, False, False]
+    assert steps["logged"] == ["vip_remove_failed"]  # the device, not the address gone
