@@ -251,8 +251,11 @@ def install_script(venv: str, wheels: str, digest: str, target: WheelTarget | No
     pip = f"$pip install -q --no-compile --find-links {wheels}"
     return "\n".join([
         "set -e",
-        *([f"rm -rf {wheels}; mkdir -m 700 {wheels}",
+        *([f"trap 'rm -f {tar}' EXIT",  # (whatever fails: no archive left in /tmp)
+           f"rm -rf {wheels}; mkdir -m 700 {wheels}",
            f"tar -x -C {wheels} -f {tar}; rm -f {tar}"] if tar else []),
+        # a swap cut short between its two renames left the venv aside: back first
+        f"if [ ! -e {venv} ] && [ -d {old} ]; then mv -T {old} {venv}; fi",
         "apt_venv() { DEBIAN_FRONTEND=noninteractive apt-get update -qq && "
         "apt-get install -y -qq python3-venv; }",
         f"rm -rf {new} {old}",

@@ -225,3 +225,30 @@ def test_a_host_of_another_python_gets_pips_install(tmp_path: Path, wheelhouse: 
     site = check_installed(tmp_path, "build-1")
     (info,) = site.glob("halab-*.dist-info")
     assert (info / "INSTALLER").read_text().strip() == "pip"
+
+
+def test_a_failed_install_leaves_the_venv_in_place(tmp_path: Path, wheelhouse: Path) -> None:
+    """An install that fails (here: the installer is missing from the wheels) changes
+    nothing of the venv in place, even one that a swap cut short had left aside; and
+    leaves no archive behind."""
+    names = [w.name for w in wheelhouse.glob("*.whl")]
+    target = wheels_target(names)
+    if target is None or target.python != host_python_version():
+        pytest.skip("the wheels are not for this host's Python")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for w in wheelhouse.glob("*.whl"):
+        (broken / w.name).symlink_to(w)
+    aside = tmp_path / "opt" / "venv.old"  # a swap cut short: the venv aside, none in place
+    aside.mkdir(parents=True)
+    (aside / "wheels.sha256").write_text("build-0\n")
+    tar = tmp_path / ".halab-wheels.tar"
+    tar.write_bytes(ssh_backend.wheel_tar(broken))
+    script = ssh_backend.install_script(
+        str(tmp_path / "opt" / "venv"), str(tmp_path / "wheels"), "build-1", target,
+        tar=str(tar), bin_dir=str(tmp_path / "bin"))
+    done = subprocess.run(["sh", "-c", script], env=HOST_ENV, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode != 0
+    assert (tmp_path / "opt" / "venv" / "wheels.sha256").read_text() == "build-0\n"
+    assert not tar.exists()
