@@ -127,17 +127,15 @@ def cmd_provision(backend: Backend, hosts: Sequence[str] | None,
     now = {h: readiness.Vm(ids[h], boots[h]) for h in names}
     todo = names
     if if_needed:
-        marked = readiness.marked(vms.control_dir)
-        why = {h: readiness.why_provision(marked.get(h), now[h],
-                                          readiness.inputs_digest(inputs)) for h in names}
+        marked, wanted = readiness.marked(vms.control_dir), readiness.inputs_digest(inputs)
+        why = {h: readiness.why_provision(marked.get(h), now[h], wanted) for h in names}
         todo = [h for h in names if why[h] is not None]
         for h in names:
             say(f"{h}: provisioning: needed ({why[h]})" if why[h] else
                 f"{h}: provisioned already in this boot with this build "
                 "(vagrant provision does it again)")
         if not todo:
-            line = readiness.status_if_changed(vms.control_dir, look(vms, now), run,
-                                               readiness.inputs_digest(inputs))
+            line = readiness.status_if_changed(vms.control_dir, look(vms, now), run, wanted)
             if line is not None:
                 say(line)
             return
