@@ -1,18 +1,32 @@
 """HTTP mode: an HTTP/1.1 reverse proxy with per-request balancing.
 
 Client side (``ClientConn``): httptools parses requests (pipelined ones are
-queued and served in order); limits give 414/431/400/408 and never crash the
-worker. Each request is dispatched by ``ClientConn.dispatch``:
+queued and served in order); ``http.request`` makes each one's framing decision
+(ambiguous requests are refused: 400/405/501/505) and limits give 414/431/408.
+Each request is dispatched by ``ClientConn.dispatch``:
 
 1. the balancer chooses a server (queueing while all are at maxconn;
    503 with a clear body when none is usable)
 2. an idle pooled keep-alive connection to it is reused for idempotent
    requests; other requests get a new connection, so a non-idempotent request
    is never lost to the keep-alive race
-3. the request head is rewritten (hop-by-hop headers dropped,
-   X-Forwarded-For/-Proto added) and the body streamed (chunked bodies
+3. a new request head is written from the decision (``http.request_head``: one
+   Host, our framing, X-Forwarded-*) and the body streamed (chunked bodies
    re-chunked); up to 64 KiB of body is kept for a retry
-4. the response is streamed back as it arrives (``Exchange``)
+4. the response is streamed back as it arrives (``Exchange``), its framing
+   decided by ``http.response`` (502 when it is ambiguous)
+
+Every byte is hostile, so:
+
+- A server connection goes back to the pool only when its response was complete,
+  the whole request had been sent, and nothing followed the response.
+- Memory per connection is bounded: body bytes that no exchange is sending yet are
+  capped at ``BODY_BUFFER`` (then the client is not read); once the client's request
+  is answered, what it still sends is read and dropped (lingering close).
+- Timeouts have owners. The server's (``timeouts.server``) runs once the request has
+  been sent, and only it (with connect errors and bad responses) counts against a
+  server's health; a client that is slow to send its body gets 408, one that does not
+  read is cut (``timeouts.client``), and neither is held against the server.
 
 Retries: a connect error, or a failure before any response byte of an
 idempotent request whose body was kept, is retried (``retries`` times, on
@@ -29,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import time
 from typing import Any, cast
 
@@ -39,38 +54,40 @@ from balancer.core import Balancer, ServerRuntime
 from balancer.scheduler import Verdict
 
 RETRY_BUFFER = 64 * 1024
+BODY_BUFFER = 64 * 1024  # body bytes held while no exchange sends them: then stop reading
 MAX_PIPELINE = 32
 RETRYABLE_STATUS_ERRORS = frozenset({502, 503, 504})
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# why a client is not read (several at once; reading resumes when none is left)
+PIPELINE, BODY, SERVER_FULL, BROKEN = 1, 2, 4, 8
 
 
 class AttemptFailed(Exception):
-    """A try on one server failed; ``retryable`` if the client saw nothing yet."""
+    """A try on one server failed; ``retryable`` if the client saw nothing yet;
+    ``passive``: the server's fault, counted against its health."""
 
     def __init__(self, reason: str, retryable: bool, passive: bool = True,
                  status: int = 502) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
-        self.passive = passive  # counts against the server's health
+        self.passive = passive
         self.status = status
 
 
 class Request:
-    __slots__ = ("attempted", "attempts", "body_done", "body_size", "chunked", "content_length",
-                 "head", "head_size", "headers", "http10", "keep_alive", "kept", "last_error",
-                 "method", "pending", "replayable", "server", "sink", "started", "tried", "url")
+    __slots__ = ("attempted", "attempts", "body_done", "body_size", "head", "head_size",
+                 "headers", "keep_alive", "kept", "last_error", "pending", "pending_size",
+                 "replayable", "server", "sink", "started", "tried", "url")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: http.Headers = []
-        self.head = http.Head()
+        self.head = EMPTY_HEAD
         self.head_size = 0
-        self.method = b""
-        self.http10 = False
         self.keep_alive = True
-        self.chunked = False
-        self.content_length: int | None = None
         self.pending: list[bytes] = []  # body received while no exchange was sending it
+        self.pending_size = 0
         self.kept: list[bytes] = []  # the whole body, while it is small enough to replay
         self.body_size = 0
         self.body_done = False
@@ -84,12 +101,16 @@ class Request:
         self.server = "-"
 
     @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
+    def method(self) -> bytes:
+        return self.head.method
+
+    @property
+    def chunked(self) -> bool:
+        return self.head.framing.chunked
 
     @property
     def idempotent(self) -> bool:
-        return self.method in http.IDEMPOTENT
+        return self.head.method in http.IDEMPOTENT
 
     def on_body(self, data: bytes) -> None:
         self.body_size += len(data)
@@ -102,11 +123,13 @@ class Request:
             self.sink.send_body(data)
         else:
             self.pending.append(data)
+            self.pending_size += len(data)
 
     def take_body(self) -> list[bytes]:
         """What a new attempt must send first: all of it on a retry, else what waited."""
         parts = self.kept if self.attempted else self.pending
         self.pending = []
+        self.pending_size = 0
         self.attempted = True
         return list(parts)
 
@@ -114,6 +137,9 @@ class Request:
         self.body_done = True
         if self.sink is not None:
             self.sink.end_body()
+
+
+EMPTY_HEAD = http.RequestHead(b"", b"", None, False, http.Framing())
 
 
 class BackendConn(asyncio.Protocol):
@@ -128,6 +154,8 @@ class BackendConn(asyncio.Protocol):
         self.closed = False
         self.keep_alive = True
         self.uses = 0
+        self.feeding = False  # inside parser.feed_data
+        self.reusable = False  # its response ended in this feed: pool it after, if clean
 
     # asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -139,21 +167,28 @@ class BackendConn(asyncio.Protocol):
             self.close()
             return
         ex.got_bytes = True
-        ex.deadline = self.bal.loop.time() + self.bal.config.timeouts.server
+        if not ex.client_blocked:
+            ex.deadline = self.bal.loop.time() + self.bal.config.timeouts.server
         self.rt.stats.bytes_in += len(data)
         client = ex.client
         client.corked = True  # everything this read produces leaves in one write
+        self.feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            ex.fail(AttemptFailed("upgrade not supported", retryable=False))
+            ex.fail(AttemptFailed("server switched protocols unasked", retryable=False))
             self.close()
         except httptools.HttpParserError as e:
             if self.exchange is not None:
-                self.exchange.fail(AttemptFailed(f"invalid response: {e}", retryable=False))
+                reason = ex.refused or f"invalid response: {e}"
+                self.exchange.fail(AttemptFailed(reason, retryable=False))
             self.close()
         finally:
+            self.feeding = False
             client.uncork()
+        if self.reusable:
+            self.reusable = False
+            release_conn(self.bal, self.rt, self)
 
     def eof_received(self) -> bool:
         return False
@@ -171,12 +206,18 @@ class BackendConn(asyncio.Protocol):
                 ex.client.uncork()
 
     def pause_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.client.pause_reading()
+        ex = self.exchange
+        if ex is not None:  # the server does not read: its fault if it lasts
+            ex.client.pause(SERVER_FULL)
+            if not ex.client_blocked:
+                ex.deadline = self.bal.loop.time() + self.bal.config.timeouts.server
 
     def resume_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.client.resume_reading()
+        ex = self.exchange
+        if ex is not None:
+            ex.client.resume(SERVER_FULL)
+            if not ex.req.body_done and not ex.got_bytes:
+                ex.deadline = float("inf")  # the client's body timeout rules again
 
     def close(self) -> None:
         self.closed = True
@@ -184,6 +225,11 @@ class BackendConn(asyncio.Protocol):
             self.transport.close()
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.exchange is None:  # bytes after the end of the response
+            self.keep_alive = False
+            raise httptools.HttpParserError("data after the response")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.exchange is not None:
             self.exchange.resp_headers.append((name, value))
@@ -191,7 +237,8 @@ class BackendConn(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self.exchange is not None:
             self.keep_alive = self.parser.should_keep_alive()
-            self.exchange.on_response_head(self.parser.get_status_code())
+            p = self.parser
+            self.exchange.on_response_head(p.get_status_code(), p.get_http_version())
 
     def on_body(self, body: bytes) -> None:
         if self.exchange is not None:
@@ -208,12 +255,14 @@ class Exchange:
     __slots__ = (
         "bal",
         "client",
+        "client_blocked",
         "client_keep_alive",
         "conn",
         "deadline",
         "finished",
         "got_bytes",
         "rechunk",
+        "refused",
         "req",
         "resp_headers",
         "reused",
@@ -240,24 +289,30 @@ class Exchange:
         self.rechunk = False
         self.until_close = False
         self.client_keep_alive = True
+        self.client_blocked = False  # the client does not read: its clock, not the server's
+        self.refused = ""  # why the response was refused (its framing)
         self.sent_bytes = 0
-        self.deadline = bal.loop.time() + bal.config.timeouts.server
+        # the server's clock starts once the whole request is sent
+        self.deadline = (bal.loop.time() + bal.config.timeouts.server if req.body_done
+                         else float("inf"))
 
     # --- request ---------------------------------------------------------------
     def start(self) -> None:
         req = self.req
         conn = self.conn
+        client = self.client
         assert conn.transport is not None
         conn.exchange = self
         conn.uses += 1
         self.rt.inflight.add(self)
-        self.client.exchange = self
+        client.exchange = self
         srv = self.rt.server
-        out = [http.request_head(req.method, req.url, req.head, client_ip=self.client.peer,
-                                 proto=b"http", host_fallback=f"{srv.host}:{srv.port}".encode())]
+        out = [http.request_head(req.head, client_ip=client.peer, proto=b"http",
+                                 host_fallback=f"{srv.host}:{srv.port}".encode())]
         for part in req.take_body():
             if part:
                 out.append(http.chunk(part) if req.chunked else part)
+        client.resume(BODY)
         if req.body_done:
             if req.chunked:
                 out.append(http.LAST_CHUNK)
@@ -276,43 +331,62 @@ class Exchange:
 
     def end_body(self) -> None:
         self.req.sink = None
-        if self.req.chunked and not self.finished and self.conn.transport is not None:
+        if self.finished or self.conn.transport is None:
+            return
+        if self.req.chunked:
             self.conn.transport.write(http.LAST_CHUNK)
+            self.sent_bytes += len(http.LAST_CHUNK)
+        if not self.client_blocked and not self.got_bytes:
+            self.deadline = self.bal.loop.time() + self.bal.config.timeouts.server
+
+    def client_pauses(self, blocked: bool) -> None:
+        """The client stopped (or resumed) reading what we write to it."""
+        self.client_blocked = blocked
+        t = self.bal.config.timeouts
+        self.deadline = self.bal.loop.time() + (t.client if blocked else t.server)
 
     def on_timeout(self, now: float) -> None:
-        if self.started:
+        if self.client_blocked:  # the client does not read: not the server's fault
+            self.client.log_client("client_timeout", "the client did not read the response")
+            self.abandon()
+            self.client.close()
+        elif self.started:
             self.fail(AttemptFailed("server timeout during response", retryable=False))
         else:
             self.fail(AttemptFailed("server timeout", retryable=False, status=504))
         self.conn.close()
 
     # --- response --------------------------------------------------------------
-    def on_response_head(self, status: int) -> None:
+    def on_response_head(self, status: int, version: str) -> None:
         req = self.req
-        if 100 <= status < 200:
-            if status != 101 and not req.http10:
-                self.client.write(f"HTTP/1.1 {status} {http.REASONS.get(status, '')}\r\n\r\n"
-                                  .encode())
-            self.resp_headers = []
+        client = self.client
+        try:
+            resp = http.response(status, version, self.resp_headers, req.method)
+        except http.Refused as r:
+            self.refused = r.reason
+            raise httptools.HttpParserError(r.reason) from None
+        self.resp_headers = []
+        if status < 200:
+            if not req.head.http10:
+                client.write(http.interim_head(status, resp.framing.fields))
             self.status = -status  # interim: its message_complete is not the end
             return
         self.status = status
-        head = http.analyse(self.resp_headers)
-        no_body = req.method == b"HEAD" or status in (204, 304)
-        self.until_close = (not no_body and head.content_length is None and not head.chunked)
-        self.client_keep_alive = (req.keep_alive and not self.bal.draining
-                                  and not self.client.closing
-                                  and not (self.until_close and req.http10))
-        self.rechunk = not no_body and (head.chunked or self.until_close) and not req.http10
-        self.client.write(http.response_head(
-            status, REASON_BYTES.get(status) or b"Unknown", head,
-            keep_alive=self.client_keep_alive, client_http10=req.http10,
-            chunked=self.rechunk))
+        f = resp.framing
+        self.until_close = resp.until_close
+        delimited = resp.no_body or f.length is not None
+        self.client_keep_alive = (req.keep_alive and req.body_done and not self.bal.draining
+                                  and not client.closing
+                                  and (delimited or not req.head.http10))
+        self.rechunk = not resp.no_body and not delimited and not req.head.http10
+        client.write(http.response_head(
+            resp, REASON_BYTES.get(status) or b"Unknown", keep_alive=self.client_keep_alive,
+            client_http10=req.head.http10, rechunk=self.rechunk))
         self.started = True
-        if not no_body and (head.chunked or head.content_length):
+        if not resp.no_body and (f.chunked or f.length):
             # the body usually follows in the server's next segment: send the
             # head with it, one write instead of two
-            self.client.hold = True
+            client.hold = True
         if req.method == b"HEAD":
             # httptools cannot be told that a HEAD response has no body: end here
             # and do not reuse this connection.
@@ -384,6 +458,14 @@ class Exchange:
             self.conn.keep_alive = False
             self.client.attempt_failed(self.req, self.rt, self, err)
 
+    def abandon(self) -> None:
+        """The client broke its side: stop without an answer and without blaming the
+        server; its connection is closed (it may still expect the rest of the request)."""
+        if not self.finished:
+            self._end()
+            self.conn.close()
+            self.bal.release(self.rt)
+
 
 class ClientConn(asyncio.Protocol):
     """One client connection in HTTP mode: parses requests and serves them in order."""
@@ -401,14 +483,16 @@ class ClientConn(asyncio.Protocol):
         self.closing = False
         self.task: asyncio.Task[None] | None = None  # connecting or queueing, off the hot path
         self.deadline = float("inf")  # checked by the balancer's sweeper
-        self.paused = 0
+        self.paused = 0  # the reasons not to read (PIPELINE, BODY, ...), or 0
         self.exchange: Exchange | None = None
-        self.error: tuple[int, str] | None = None  # a limit hit inside a parser callback
+        self.error: tuple[int, str] | None = None  # a refusal from inside a parser callback
+        self.broken: tuple[int, str] | None = None  # nothing more is parsed; answer at the end
         self.closing_requested = False  # the client half-closed: close once answered
         self.lingering = False  # answered and half-closed: reading what is left (reject)
         self.corked = False
         self.hold = False  # keep a response head back until its body arrives
         self.out: list[bytes] = []
+        self.body_of: Request | None = None  # an Upgrade request whose body comes next
 
     # --- asyncio ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -429,31 +513,46 @@ class ClientConn(asyncio.Protocol):
         self.set_deadline(self.bal.config.timeouts.client_header)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
+        if self.closing or self.broken:
+            return  # lingering: read and dropped
         if self.in_head or self.req is None:
             self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # no tunnelling: the request is served without Upgrade, then we close
-            self.closing_after_queue()
-        except httptools.HttpParserError as e:
-            if self.error is None:
-                self.reject(400, f"malformed request: {e}")
-            else:
-                self.reject(*self.error)
+        except httptools.HttpParserUpgrade as e:
+            self.after_upgrade(data[int(e.args[0]):])
             return
-        if self.error is not None:
+        except httptools.HttpParserError as e:
+            self.client_error(*(self.error or (400, f"malformed request: {e}")))
             return
         if self.in_head and self.head_bytes > self.bal.config.max_header_size:
-            self.reject(431, "request header section too large")
+            self.client_error(431, "request header section too large")
+        elif self.req is not None and not self.in_head and self.req.sink is None \
+                and self.req.pending_size > BODY_BUFFER:
+            self.pause(BODY)
+
+    def after_upgrade(self, rest: bytes) -> None:
+        """httptools stops at an Upgrade request (the rest would be another protocol).
+        We never switch: the request is served as a plain one, and parsing goes on with
+        a new parser, primed with a head of the same framing when a body follows."""
+        self.parser = httptools.HttpRequestParser(self)
+        req = self.body_of
+        if req is not None:
+            f = req.head.framing
+            self.parser.feed_data(b"PUT / HTTP/1.1\r\nHost: x\r\n" + (
+                b"Transfer-Encoding: chunked" if f.chunked else b"Content-Length: %d" % (
+                    f.length or 0)) + b"\r\n\r\n")  # (its callbacks go to body_of)
+        if rest:
+            self.data_received(rest)
 
     def eof_received(self) -> bool:
         # The client finished sending: answer what was asked, then close.
         if self.lingering:
             self.lingering = False
             return False  # (the transport closes: nothing left unread, no RST)
+        if self.req is not None and not self.closing and not self.broken:
+            self.client_error(400, "the client closed in the middle of a request")
+            return not self.closing
         self.closing_after_queue()
         return True
 
@@ -461,75 +560,101 @@ class ClientConn(asyncio.Protocol):
         self.closing = True
         self.bal.frontend.current -= 1
         self.bal.clients.discard(self)
-        ex = self.exchange
-        if ex is not None and not ex.finished:
-            ex.conn.close()
-            ex.fail(AttemptFailed("client went away", retryable=False, passive=False))
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        self.abandon_active()
 
     def pause_writing(self) -> None:
         ex = self.exchange
-        if ex is not None and ex.conn.transport is not None:
-            ex.conn.transport.pause_reading()
+        if ex is not None:
+            if ex.conn.transport is not None:
+                ex.conn.transport.pause_reading()
+            ex.client_pauses(True)
 
     def resume_writing(self) -> None:
         ex = self.exchange
-        if ex is not None and ex.conn.transport is not None:
-            ex.conn.transport.resume_reading()
+        if ex is not None:
+            if ex.conn.transport is not None:
+                ex.conn.transport.resume_reading()
+            ex.client_pauses(False)
 
     # --- httptools callbacks --------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.body_of is not None:
+            return  # the primed head of an Upgrade request's body
         self.req = Request()
         self.in_head = True
         self.set_deadline(self.bal.config.timeouts.client_header)
 
     def on_url(self, url: bytes) -> None:
-        assert self.req is not None
-        self.req.url += url
-        if len(self.req.url) > self.bal.config.max_url_size:
+        req = self.req
+        if req is None or not self.in_head:
+            return
+        req.url += url
+        if len(req.url) > self.bal.config.max_url_size:
             self.error = (414, "request target too long")
             raise httptools.HttpParserError(self.error[1])
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.req
-        assert req is not None
-        req.headers.append((name, value))
+        if req is None:
+            return
         req.head_size += len(name) + len(value) + 4
+        if self.in_head:
+            req.headers.append((name, value))
+        # (after the body: trailer fields, counted and dropped)
         if req.head_size + len(req.url) > self.bal.config.max_header_size:
             self.error = (431, "request header section too large")
             raise httptools.HttpParserError(self.error[1])
 
     def on_headers_complete(self) -> None:
+        if self.body_of is not None:
+            self.req = self.body_of
+            return
         req = self.req
         assert req is not None
         self.in_head = False
         self.head_bytes = 0
-        self.deadline = float("inf")
         p = self.parser
-        req.method = p.get_method()
-        req.http10 = p.get_http_version() == "1.0"
+        try:
+            req.head = http.request(p.get_method(), req.url, p.get_http_version(),
+                                    req.headers)
+        except http.Refused as r:
+            self.error = (r.status, r.reason)
+            raise httptools.HttpParserError(r.reason) from None
+        req.headers = []
         req.keep_alive = p.should_keep_alive()
-        head = req.head = http.analyse(req.headers)
-        req.chunked = head.chunked
-        req.content_length = head.content_length
-        if not req.has_body:
+        if req.head.has_body:
+            self.set_deadline(self.bal.config.timeouts.client)  # body inactivity
+            if p.should_upgrade():
+                self.body_of = req
+        else:
             req.body_done = True
+            self.deadline = float("inf")
         self.queue.append(req)
         self.bal.frontend.requests += 1
         if len(self.queue) > MAX_PIPELINE:
-            self.pause_reading()
+            self.pause(PIPELINE)
         if self.active is None:
             self.next_request()
 
     def on_body(self, body: bytes) -> None:
-        if self.req is not None:
-            self.req.on_body(body)
+        req = self.req
+        if req is not None:
+            req.on_body(body)
+            if self.deadline != float("inf"):
+                self.deadline = self.bal.loop.time() + self.bal.config.timeouts.client
 
     def on_message_complete(self) -> None:
-        if self.req is not None and not self.req.body_done:
-            self.req.on_body_done()
+        req = self.req
+        if req is None:
+            return
+        if req is self.body_of:
+            if not self.in_head and self.parser.should_upgrade():
+                return  # httptools ends an Upgrade request at its head: the body follows
+            self.body_of = None
         self.req = None
+        if not req.body_done:
+            self.deadline = float("inf")
+            req.on_body_done()
 
     # --- serving -----------------------------------------------------------------
     def next_request(self) -> None:
@@ -552,7 +677,7 @@ class ClientConn(asyncio.Protocol):
 
     async def _queued(self, req: Request) -> None:
         rt = await self.bal.choose(self.peer, req.tried if self.bal.config.redispatch else ())
-        if self.closing:
+        if self.closing or self.active is not req:
             if rt is not None:
                 self.bal.release(rt)
         elif rt is None:
@@ -580,15 +705,23 @@ class ClientConn(asyncio.Protocol):
             async with asyncio.timeout(bal.config.timeouts.connect):
                 _, conn = await bal.loop.create_connection(
                     lambda: BackendConn(bal, rt), rt.server.host, rt.server.port)
+        except asyncio.CancelledError:
+            bal.release(rt)  # (the client went away or broke its request)
+            raise
         except TimeoutError:
             self.attempt_failed(req, rt, None, AttemptFailed("connect timeout", retryable=True))
             return
         except OSError as e:
+            if e.errno in LOCAL_ERRNOS:  # our shortage, not the server's fault
+                self.attempt_failed(req, rt, None, AttemptFailed(
+                    e.strerror or "out of resources", retryable=False, passive=False,
+                    status=503))
+                return
             reason = ("connection refused" if isinstance(e, ConnectionRefusedError)
                       else e.strerror or type(e).__name__)
             self.attempt_failed(req, rt, None, AttemptFailed(reason, retryable=True))
             return
-        if self.closing:
+        if self.closing or self.active is not req:
             conn.close()
             bal.release(rt)
             return
@@ -602,7 +735,13 @@ class ClientConn(asyncio.Protocol):
         rt.stats.responses[cls] += 1
         bal.frontend.responses[cls] += 1
         bal.observe(rt, status not in RETRYABLE_STATUS_ERRORS, "")
-        release_conn(bal, rt, ex.conn)
+        conn = ex.conn
+        if not ex.req.body_done:
+            conn.close()  # the server did not get the whole request: never reuse
+        elif conn.feeding:
+            conn.reusable = True  # pooled after this read, if nothing followed the response
+        else:
+            release_conn(bal, rt, conn)
         bal.release(rt)
         if not ex.client_keep_alive:
             ex.req.keep_alive = False
@@ -611,10 +750,11 @@ class ClientConn(asyncio.Protocol):
     def attempt_failed(self, req: Request, rt: ServerRuntime, ex: Exchange | None,
                        err: AttemptFailed) -> None:
         bal = self.bal
-        if ex is None:
-            rt.stats.connect_errors += 1
-        elif err.passive:
-            rt.stats.response_errors += 1
+        if err.passive:
+            if ex is None:
+                rt.stats.connect_errors += 1
+            else:
+                rt.stats.response_errors += 1
         if ex is not None:
             ex.conn.close()
         bal.release(rt)
@@ -637,7 +777,8 @@ class ClientConn(asyncio.Protocol):
         elif ex is not None:
             self.respond_error(req, err.status, f"server {rt.name}: {err.reason}")
         else:
-            self.respond_error(req, 503, "no server is available (last error: "
+            self.respond_error(req, err.status if not err.passive else 503,
+                               "no server is available (last error: "
                                f"server {rt.name}: {err.reason})")
 
     def respond_error(self, req: Request, status: int, reason: str) -> None:
@@ -661,14 +802,18 @@ class ClientConn(asyncio.Protocol):
         if self.queue and self.queue[0] is req:
             self.queue.popleft()
         self.active = None
-        if self.paused and len(self.queue) <= MAX_PIPELINE // 2:
-            self.resume_reading()
+        if len(self.queue) <= MAX_PIPELINE // 2:
+            self.resume(PIPELINE)
         if self.closing:
             return
-        if not req.keep_alive or bal.draining:
+        if not req.body_done:
+            self.linger()  # the rest of its body is read and dropped, then we close
+        elif not req.keep_alive or bal.draining:
             self.close()
         elif self.queue:
             self.next_request()
+        elif self.broken:
+            self.reject(*self.broken)
         elif self.closing_requested:
             self.close()
         elif self.req is None:
@@ -678,6 +823,44 @@ class ClientConn(asyncio.Protocol):
         self.closing_requested = True
         if not self.queue and self.active is None:
             self.close()
+
+    def client_error(self, status: int, reason: str) -> None:
+        """The client's bytes cannot be used from here on: nothing more is parsed.
+        Requests it sent whole are answered first, in order; then ``status``, then
+        the connection closes. A request whose body was cut short is dropped: its
+        exchange stops (the server is not blamed) and it gets ``status``, or the
+        connection is cut if its response had begun."""
+        self.broken = (status, reason)
+        self.error = None
+        self.pause(BROKEN)
+        req = self.req
+        self.req = None
+        self.body_of = None
+        if req is not None and req in self.queue:  # its head was whole, its body is not
+            if req is self.active:
+                started = self.abandon_active()
+                self.queue.popleft()
+                self.active = None
+                if started:
+                    self.log_client("bad_request", reason, status)
+                    self.close()
+                    return
+            else:
+                self.queue.remove(req)
+        if self.active is None and not self.queue:
+            self.reject(status, reason)
+
+    def abandon_active(self) -> bool:
+        """Stop serving the active request without blaming its server; True if the
+        client had begun to receive its response."""
+        ex = self.exchange
+        if ex is not None and not ex.finished:
+            started = ex.started
+            ex.abandon()
+            return started
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        return False
 
     # --- helpers ------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -703,10 +886,20 @@ class ClientConn(asyncio.Protocol):
             self.lingering = False
             if self.transport is not None:
                 self.transport.close()
+        elif self.broken:
+            pass  # waiting for the requests before the broken one
         elif self.in_head:
-            self.reject(408, "request not received in time")
-        elif self.active is None and self.req is None:
+            self.client_error(408, "request not received in time")
+        elif self.req is not None:  # inside a body
+            if self.paused:
+                self.set_deadline(self.bal.config.timeouts.client)  # we are not reading
+            else:
+                self.client_error(408, "request body not received in time")
+        elif self.active is None and not self.queue:
             self.close()  # idle keep-alive connection
+
+    def log_client(self, event: str, reason: str, status: int = 0) -> None:
+        self.bal.log.info(event, client=self.peer, status=status, reason=reason)
 
     def reject(self, status: int, reason: str, quiet: bool = False) -> None:
         fe = self.bal.frontend
@@ -714,7 +907,7 @@ class ClientConn(asyncio.Protocol):
         fe.generated[status] += 1
         fe.responses[CLASSES.get(status // 100, "other")] += 1
         if not quiet:
-            self.bal.log.info("bad_request", client=self.peer, status=status, reason=reason)
+            self.log_client("bad_request", reason, status)
         self.write(http.error_response(status, reason))
         self.linger()
 
@@ -728,21 +921,22 @@ class ClientConn(asyncio.Protocol):
         if transport is None or self.closing or not transport.can_write_eof():
             self.close()
             return
-        self.resume_reading()  # (while not yet closing: the leftovers must be read)
+        self.paused = 0  # (while not yet closing: the leftovers must be read)
+        transport.resume_reading()
         self._last_output()
         self.lingering = True
         transport.write_eof()
         self.deadline = self.bal.loop.time() + LINGER
 
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.paused:
+    def pause(self, why: int) -> None:
+        if not self.paused and self.transport is not None and not self.closing:
             self.transport.pause_reading()
-        self.paused += 1
+        self.paused |= why
 
-    def resume_reading(self) -> None:
-        if self.paused:
-            self.paused = 0
-            if self.transport is not None and not self.closing:
+    def resume(self, why: int) -> None:
+        if self.paused & why:
+            self.paused &= ~why
+            if not self.paused and self.transport is not None and not self.closing:
                 self.transport.resume_reading()
 
     def _last_output(self) -> None:
