@@ -5,6 +5,9 @@
 * UDP unicast heartbeats to every peer over every link, authenticated
   (``wire``); malformed, forged, replayed and foreign packets are counted by
   reason and dropped.
+* every start takes a new generation (``next_generation``): above the last, stored
+  in ``state_file``, and at least the wall clock in seconds, so a lost state file
+  does not make the peer take the restarted node's heartbeats for replays.
 * the VIP is added to / removed from the interface on its network
   (rtnetlink, ``heartbeat.rtnl``: no process started), and announced with
   gratuitous ARP (raw frames whose sender address is the VIP: request and
@@ -35,7 +38,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,7 @@ DROP_LOG_INTERVAL = 10.0  # s: a dropped packet is logged, then at most this oft
 HANDOVER_MARK = "0x68"  # packets of the old master's connections
 HANDOVER_TABLE = "168"
 HANDOVER_CHAIN = "HALAB-HANDOVER"
+MAX_GENERATION = 2**32 - 1  # the wire's 4-byte unsigned generation field
 
 
 def read_key(path: str) -> bytes:
@@ -68,17 +72,48 @@ def read_key(path: str) -> bytes:
     return data
 
 
-def next_generation(path: str) -> int:
-    """Grows on every start, so a restarted node's heartbeats are never taken for replays."""
+def next_generation(path: str, clock: Callable[[], float] = time.time) -> int:
+    """This start's generation, above every one this node used before: a peer drops
+    heartbeats of a generation older than the newest it saw, as replays.
+
+    ``max(stored + 1, the wall clock in whole seconds)``, written back to ``path``:
+
+    * the file (synced: a power loss must not leave it empty) is the first defence:
+      ``stored + 1`` grows even when the clock was stepped back;
+    * the clock is the second, for a file lost (a director reinstalled, /var/lib
+      wiped) or unreadable (empty, corrupt, out of range): an earlier start took a
+      generation no higher than the clock then (unless starts came faster than one a
+      second), and the clock has gone on since.
+
+    What neither covers: the file lost *and* the clock not past the last generation
+    (stepped back, or the last start less than a second ago, or as many seconds ago
+    as starts faster than one a second put the file ahead of the clock). Such a start
+    may take an old generation, and its peer drops its heartbeats as replays
+    (``event_replay``): for its whole run if lower than the last, until as many were
+    sent as before if the same. Seconds since the epoch fit the 4-byte unsigned wire field
+    until 2106 (then its largest value, always).
+    """
     p = Path(path)
     try:
-        gen = int(p.read_text().strip() or 0) + 1
-    except (OSError, ValueError):
-        gen = 1
+        stored = int(p.read_text().strip())
+    except (OSError, ValueError):  # missing, unreadable, empty, not a number
+        stored = -1
+    if not 0 <= stored <= MAX_GENERATION:
+        stored = -1  # not a generation the wire could have carried: as if missing
+    gen = min(max(stored + 1, int(clock())), MAX_GENERATION)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(f"{gen}\n")
+    with open(tmp, "w") as f:
+        f.write(f"{gen}\n")
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(p)
+    with contextlib.suppress(OSError):  # the rename itself, durable too
+        fd = os.open(p.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return gen
 
 

@@ -250,8 +250,14 @@ class Node:
         key = (hb.generation, hb.seq)
         # Replays are judged per link: every heartbeat travels on every link, and
         # the links may reorder against each other, but never within one link.
-        if key <= p.link_seq.get(link, (-1, -1)):
-            return [Event("replay", {"peer": p.name, "link": link})]
+        # An older generation is a replay too, authenticated or not (a recorded
+        # heartbeat of an earlier run is): a restarted peer's generation is never
+        # lower, even without its state file (daemon.next_generation).
+        newest = p.link_seq.get(link, (-1, -1))
+        if key <= newest:
+            return [Event("replay", {"peer": p.name, "link": link,
+                                     "generation": hb.generation, "seq": hb.seq,
+                                     "newest_generation": newest[0]})]
         p.link_seq[link] = key
         out: list[Action] = []
         self._link_heard(p, link, now, out)

@@ -48,6 +48,7 @@ class Sim:
         self.powered = {n: True for n in self.names}
         self.vip: set[str] = set()
         self.seq = {n: 0 for n in self.names}
+        self.generation = {n: 1 for n in self.names}
         self.queue: list[tuple[float, int, str, str, Heartbeat]] = []
         self.counter = itertools.count()
         self.announces: list[tuple[float, str]] = []
@@ -59,7 +60,8 @@ class Sim:
         for a in actions:
             if isinstance(a, Send):
                 self.seq[name] += 1
-                hb = Heartbeat(name, a.state, a.priority, 1, 1, self.seq[name], a.flags)
+                hb = Heartbeat(name, a.state, a.priority, 1, self.generation[name],
+                               self.seq[name], a.flags)
                 for link in LINKS:
                     copies = 2 if self.rng.random() < self.dup else 1
                     for _ in range(copies):
@@ -113,6 +115,16 @@ class Sim:
     def power_off(self, name: str) -> None:
         self.powered[name] = False
         self.vip.discard(name)  # the address dies with the host
+
+    def restart(self, name: str, generation: int) -> None:
+        """The node's daemon starts afresh (as after a crash): INIT, ``generation``, and
+        its sequence numbers from 1 again."""
+        self.power_off(name)
+        self.powered[name] = True
+        self.generation[name] = generation
+        self.seq[name] = 0
+        self.nodes[name] = Node(name, self.priorities.get(name, 100),
+                                [p for p in self.names if p != name], LINKS, T, self.now)
 
 
 def test_start_elects_exactly_one_master_by_priority() -> None:

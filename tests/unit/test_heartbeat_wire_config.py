@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from heartbeat import config, wire
-from heartbeat.daemon import budget_ms, garp_frames, main, next_generation, read_key
+from heartbeat.daemon import budget_ms, garp_frames, main, read_key
 from lab.errors import ConfigError, HalabError
 
 KEY = b"k" * 32
@@ -90,11 +90,6 @@ def test_key_file_permissions(tmp_path: Path) -> None:
     os.chmod(short, 0o600)
     with pytest.raises(HalabError, match="at least 16 bytes"):
         read_key(str(short))
-
-
-def test_generation_grows_on_every_start(tmp_path: Path) -> None:
-    path = str(tmp_path / "state" / "gen")
-    assert [next_generation(path) for _ in range(3)] == [1, 2, 3]
 
 
 CFG = """
