@@ -10,6 +10,10 @@
       set server NAME state ready|drain|maint
       set server NAME weight 0-256
       set server NAME health up|down
+
+  A command that is not understood or not possible (unknown server, command
+  or setting, a value out of range, an argument missing) changes nothing and
+  answers ``error: <reason>``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 import html
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,39 +48,75 @@ commands:
 # --- runtime API --------------------------------------------------------------------
 
 
+SHOWS = (["show", "servers"], ["show", "stat"], ["show", "stat", "json"], ["show", "info"])
+SETTINGS = {"state": "ready, drain or maint", "weight": "0-256", "health": "up or down"}
+SET_USAGE = "set server NAME state|weight|health VALUE"
+WEIGHT = re.compile(r"[+-]?[0-9]{1,9}")
+
+
+def _error(reason: str) -> str:
+    return f"error: {reason}\n"
+
+
 def execute(bal: Balancer, line: str) -> str:
-    """Run one runtime command; the answer ends with a newline, errors start 'error:'."""
+    """Run one runtime command; the answer ends with a newline. A command that is not
+    understood or not possible changes nothing and answers ``error: <reason>`` (its
+    first line; balancerctl then exits 1)."""
     words = line.split()
     if not words or words == ["help"]:
         return HELP
-    if words in (["show", "servers"], ["show", "stat"], ["show", "stat", "json"],
-                 ["show", "info"]):
+    if words in SHOWS:
         return render(words, bal.snapshot())
-    if len(words) == 5 and words[:2] == ["set", "server"]:
-        _, _, name, what, value = words
-        if name not in bal.runtimes:
-            return f"error: no server {name!r} (servers: {', '.join(bal.runtimes)})\n"
-        if what == "state":
-            try:
-                state = Admin(value)
-            except ValueError:
-                return "error: state must be ready, drain or maint\n"
-            bal.set_admin(name, state)
-            return f"server {name} state {state.value}\n"
-        if what == "weight":
-            if not value.isdigit() or not 0 <= int(value) <= 256:
-                return "error: weight must be 0-256\n"
-            bal.set_weight(name, int(value))
-            return f"server {name} weight {int(value)}\n"
-        if what == "health":
-            if value not in ("up", "down"):
-                return "error: health must be up or down\n"
-            rt = bal.runtimes[name]
-            tr = rt.health.force(value == "up", "set by admin", bal.loop.time())
-            if tr is not None:
-                bal.apply(rt, tr, source="admin")
-            return f"server {name} health {value}\n"
-    return f"error: unknown command {line.strip()!r}\n" + HELP
+    if words[0] == "show":
+        return _error(f"unknown show command {' '.join(words[1:])!r}: "
+                      "show servers, show stat [json] or show info")
+    if words[0] == "set":
+        return _set(bal, words)
+    return _error(f"unknown command {line.strip()!r}") + HELP
+
+
+def _set(bal: Balancer, words: list[str]) -> str:
+    if len(words) < 2:
+        return _error(f"missing argument: {SET_USAGE}")
+    if words[1] != "server":
+        return _error(f"cannot set {words[1]!r}: {SET_USAGE}")
+    if len(words) < 3:
+        return _error(f"missing server name: {SET_USAGE}")
+    name = words[2]
+    if name not in bal.runtimes:
+        return _error(f"no server {name!r} (servers: {', '.join(bal.runtimes)})")
+    if len(words) < 4:
+        return _error(f"missing what to set: {SET_USAGE}")
+    what = words[3]
+    if what not in SETTINGS:
+        return _error(f"unknown setting {what!r}: state, weight or health")
+    if len(words) < 5:
+        return _error(f"missing value: {what} must be {SETTINGS[what]}")
+    if len(words) > 5:
+        return _error(f"unexpected {' '.join(words[5:])!r} after {what} {words[4]}")
+    value = words[4]
+    if what == "state":
+        try:
+            state = Admin(value)
+        except ValueError:
+            return _error(f"unknown state {value!r}: state must be ready, drain or maint")
+        bal.set_admin(name, state)
+        return f"server {name} state {state.value}\n"
+    if what == "weight":
+        if not WEIGHT.fullmatch(value):
+            return _error(f"weight {value!r} is not a number: weight must be 0-256")
+        weight = int(value)
+        if not 0 <= weight <= 256:
+            return _error(f"weight {weight} is out of range: weight must be 0-256")
+        bal.set_weight(name, weight)
+        return f"server {name} weight {weight}\n"
+    if value not in ("up", "down"):
+        return _error(f"unknown health {value!r}: health must be up or down")
+    rt = bal.runtimes[name]
+    tr = rt.health.force(value == "up", "set by admin", bal.loop.time())
+    if tr is not None:
+        bal.apply(rt, tr, source="admin")
+    return f"server {name} health {value}\n"
 
 
 def servers_table(snap: dict[str, Any]) -> str:
@@ -99,7 +140,12 @@ async def serve_runtime_socket(bal: Balancer, path: str,
         try:
             while line := await reader.readline():
                 text = line.decode(errors="replace")
-                answer = await cluster.execute(text) if cluster else execute(bal, text)
+                try:
+                    answer = await cluster.execute(text) if cluster else execute(bal, text)
+                except Exception as e:  # a bug must still answer: never a silent success
+                    bal.log.error("runtime_command_failed", command=text.strip(),
+                                  reason=repr(e))
+                    answer = _error(f"internal error: {type(e).__name__}: {e}")
                 writer.write(answer.encode())
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -135,6 +181,12 @@ class _Collector:
         for code, n in sorted(fe["responses"].items()):
             codes.add_metric([code], n)
         yield codes
+        yield GaugeMetricFamily("halab_balancer_frontend_maxconn",
+                                "Client connections taken at once (maxconn, lowered to what "
+                                "the file descriptor limit allows)", value=fe["maxconn"])
+        yield CounterMetricFamily("halab_balancer_fd_exhausted",
+                                  "Checks and connects that failed for lack of file descriptors",
+                                  value=fe["fd_exhausted"])
         yield GaugeMetricFamily("halab_balancer_queue", "Requests waiting for a server slot",
                                 value=fe["queued"])
         yield CounterMetricFamily("halab_balancer_last_resort_attempts",
@@ -192,8 +244,8 @@ async def ask(path: str, line: str, timeout: float = 2.0) -> str:
 
 SUMMED = ("active", "idle_pooled", "requests", "connect_errors", "response_errors", "retries",
           "redispatches", "bytes_in", "bytes_out", "downs", "checks_failed")
-FE_SUMMED = ("connections", "current", "requests", "bad_requests", "queued", "queue_timeouts",
-             "refused", "last_resort")
+FE_SUMMED = ("maxconn", "connections", "current", "requests", "bad_requests", "queued",
+             "queue_timeouts", "refused", "fd_exhausted", "last_resort")
 
 
 def merge(snaps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -247,11 +299,11 @@ class Cluster:
                         peer = await ask(path, line)
                     except (OSError, TimeoutError):
                         peer = "error: unreachable\n"
-                    if peer.startswith("error"):
-                        answer += f"worker {path}: {peer}"
+                    if not peer.startswith("server "):
+                        reason = peer.removeprefix("error: ").strip() or "no answer"
+                        answer += _error(f"worker {path}: {reason}")
             return answer
-        if words in (["show", "servers"], ["show", "stat"], ["show", "stat", "json"],
-                     ["show", "info"]):
+        if words in SHOWS:
             return render(words, await self.snapshot())
         return execute(self.bal, line)
 
@@ -299,7 +351,8 @@ td:first-child{{text-align:left;font-weight:bold}}</style></head>
 <p>mode {html.escape(snap['mode'])}, algorithm {html.escape(snap['algorithm'])},
 {snap.get('workers', 1)} worker(s),
 uptime {snap['uptime_s']:.0f} s{', <b>draining</b>' if snap['draining'] else ''}</p>
-<p>frontend {html.escape(', '.join(fe['binds']))}: {fe['current']} connections open,
+<p>frontend {html.escape(', '.join(fe['binds']))}: {fe['current']} connections open
+(maxconn {fe['maxconn']}),
 {fe['connections']} accepted, {fe['requests']} requests, {fe['bad_requests']} bad requests,
 {fe['queued']} queued; responses {html.escape(fe_resp)}</p>
 <table><tr>{head}</tr>

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
+import resource
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +25,41 @@ from lab.logs import EventLog
 
 SWEEP_INTERVAL = 0.05  # timeout resolution, seconds
 TIMED_OUT = "check timeout"  # an active check's reason when the server never answered
+OUT_OF_FDS = "out of file descriptors"  # a check that could not even open its socket
+# Descriptors kept aside beyond the client and server sockets: the listeners, the admin
+# listener and its clients, the runtime socket and its clients, the log, the event loop's
+# own (epoll, signal pipe, libuv's EMFILE spare), a worker 0's questions to the others.
+FD_HEADROOM = 32
+
+
+def out_of_fds(exc: BaseException) -> bool:
+    """The process (EMFILE) or the system (ENFILE) has no file descriptor left: a connect
+    or a check that fails so says nothing about the server."""
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
+def fd_limit() -> int | None:
+    """The soft RLIMIT_NOFILE (the daemon raised it to the hard one); None: unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY or soft < 0 else soft
+
+
+def fd_reserve(config: Config) -> int:
+    """Descriptors that client connections must leave free: the headroom, one per
+    server for its active check, the idle keep-alive pools (HTTP mode), one per other
+    worker (worker 0 asks them for their counters)."""
+    n = len(config.servers)
+    pools = config.pool_size * n if config.mode == "http" else 0
+    return FD_HEADROOM + n + pools + config.workers - 1
+
+
+def effective_maxconn(config: Config, limit: int | None) -> int:
+    """The client connections a worker takes at once: ``maxconn``, lowered so that each
+    (a client socket and a server socket) fits in the descriptor limit with the reserve
+    left over. At least 1."""
+    if limit is None:
+        return config.maxconn
+    return max(1, min(config.maxconn, (limit - fd_reserve(config)) // 2))
 
 
 @dataclass
@@ -72,6 +109,7 @@ class FrontendStats:
     queued: int = 0
     queue_timeouts: int = 0
     refused: int = 0  # connections over the global maxconn
+    fd_exhausted: int = 0  # checks and connects that failed for lack of file descriptors
     last_resort: int = 0  # attempts on a DOWN server because every server was DOWN
 
 
@@ -90,8 +128,27 @@ class Balancer:
         self.sweeper: asyncio.Task[None] | None = None
         self._maxconn_logged = -1.0
         self._last_resort_logged = -1.0
+        self._fd_logged = -1.0
+        # The client connections taken at once (the proxies compare ``frontend.current``
+        # with it): ``config.maxconn`` lowered to what the descriptor limit allows.
+        self.maxconn = config.maxconn
+        self._limit_maxconn(None)
         for sc in config.servers:
             self._add_server(sc)
+
+    def _limit_maxconn(self, old: Config | None) -> None:
+        """Compute :attr:`maxconn` (at start and on reload); say so when the descriptor
+        limit lowers it (at start, and on a reload that changes it)."""
+        cfg = self.config
+        limit = fd_limit()
+        was = self.maxconn
+        self.maxconn = effective_maxconn(cfg, limit)
+        if self.maxconn < cfg.maxconn and (
+                old is None or self.maxconn != was or old.maxconn != cfg.maxconn):
+            self.log.warning("maxconn_limited", maxconn=cfg.maxconn, effective=self.maxconn,
+                             fd_limit=limit, fd_reserve=fd_reserve(cfg),
+                             note="each connection needs 2 file descriptors; raise "
+                                  "LimitNOFILE (the hard limit) for more")
 
     # --- servers ------------------------------------------------------------------
 
@@ -151,6 +208,10 @@ class Balancer:
                 continue
             began = self.loop.time()
             ok, reason = await self.check_once(rt.server)
+            if reason == OUT_OF_FDS:  # ours, not the server's: counts neither way
+                rt.health.check_inconclusive(reason, self.loop.time())
+                self.fd_exhausted("check", rt.name)
+                continue
             if not ok:
                 rt.stats.checks_failed += 1
             tr = rt.health.check_result(ok, reason, self.loop.time(),
@@ -160,7 +221,8 @@ class Balancer:
 
     async def check_once(self, server: Server) -> tuple[bool, str]:
         """(ok, reason) of one active check; the reason is ``TIMED_OUT`` when the server
-        gave no answer at all within the check's timeout."""
+        gave no answer at all within the check's timeout, ``OUT_OF_FDS`` when the check
+        could not be made for lack of file descriptors."""
         h = self.config.health
         try:
             async with asyncio.timeout(h.timeout):
@@ -179,6 +241,8 @@ class Balancer:
         except ConnectionRefusedError:
             return False, "connection refused"
         except OSError as e:
+            if out_of_fds(e):
+                return False, OUT_OF_FDS
             return False, e.strerror or type(e).__name__
         parts = line.split()
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
@@ -235,8 +299,19 @@ class Balancer:
         now = self.loop.time()
         if now - self._maxconn_logged >= 1.0:
             self._maxconn_logged = now
-            self.log.warning("maxconn_reached", maxconn=self.config.maxconn,
-                             refused=self.frontend.refused)
+            self.log.warning("maxconn_reached", maxconn=self.maxconn,
+                             configured=self.config.maxconn, refused=self.frontend.refused)
+
+    def fd_exhausted(self, where: str, server: str) -> None:
+        """A check or a connect to ``server`` failed for lack of file descriptors (EMFILE,
+        ENFILE): not the server's fault, so no health verdict; say so once a second."""
+        self.frontend.fd_exhausted += 1
+        now = self.loop.time()
+        if now - self._fd_logged >= 1.0:
+            self._fd_logged = now
+            self.log.error("fd_exhausted", where=where, server=server, fd_limit=fd_limit(),
+                           maxconn=self.maxconn, current=self.frontend.current,
+                           total=self.frontend.fd_exhausted)
 
     # --- choosing, with the queue ----------------------------------------------------
 
@@ -299,6 +374,7 @@ class Balancer:
         """Apply a new config; servers keep their health, counters and connections."""
         old = self.config
         self.config = new
+        self._limit_maxconn(old)
         self.scheduler.algorithm = new.algorithm
         wanted = {sc.name: sc for sc in new.servers}
         for name in list(self.runtimes):
@@ -376,6 +452,7 @@ class Balancer:
             "draining": self.draining,
             "frontend": {
                 "binds": [f"{h}:{p}" for h, p in self.config.binds],
+                "maxconn": self.maxconn,
                 "connections": fe.connections,
                 "current": fe.current,
                 "requests": fe.requests,
@@ -385,6 +462,7 @@ class Balancer:
                 "queued": fe.queued,
                 "queue_timeouts": fe.queue_timeouts,
                 "refused": fe.refused,
+                "fd_exhausted": fe.fd_exhausted,
                 "last_resort": fe.last_resort,
             },
             "servers": servers,

@@ -2,6 +2,11 @@
 
     balancerctl [-s SOCKET] show servers
     balancerctl set server web0 state drain
+
+The answer goes to stdout and the exit status is 0; an answer with an
+``error: <reason>`` line (a bad command or value: nothing was changed) goes to
+stderr and the exit status is 1, as is no answer at all. 2: the balancer's
+socket cannot be reached.
 """
 
 from __future__ import annotations
@@ -26,18 +31,36 @@ def send(path: str, command: str, timeout: float = 5.0) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+def failed(answer: str) -> bool:
+    """The balancer refused the command (or part of it, on one worker)."""
+    return any(line.startswith("error:") for line in answer.splitlines())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="balancerctl", description=__doc__.splitlines()[0])
     ap.add_argument("-s", "--socket", default=DEFAULT_SOCKET)
-    ap.add_argument("command", nargs="+", help="e.g. show servers")
+    # REMAINDER: the command's words go as they are, a value such as -1 or -5x included,
+    # for the balancer to judge (and answer with its reason)
+    ap.add_argument("command", nargs=argparse.REMAINDER, help="e.g. show servers")
     args = ap.parse_args(argv)
+    command = " ".join(args.command).strip()
+    if not command:
+        print("balancerctl: error: no command given (try: balancerctl help)", file=sys.stderr)
+        return 1
     try:
-        answer = send(args.socket, " ".join(args.command))
+        answer = send(args.socket, command)
     except OSError as e:
         print(f"balancerctl: {args.socket}: {e.strerror or e}", file=sys.stderr)
         return 2
+    if not answer:
+        print(f"balancerctl: error: no answer from the balancer to {command!r}",
+              file=sys.stderr)
+        return 1
+    if failed(answer):
+        sys.stderr.write(answer)
+        return 1
     sys.stdout.write(answer)
-    return 1 if answer.startswith("error:") else 0
+    return 0
 
 
 if __name__ == "__main__":

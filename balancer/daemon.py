@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from balancer import admin, config, proxy_http, proxy_tcp
-from balancer.core import Balancer
+from balancer.core import Balancer, fd_limit
 from lab.daemonkit import install_loop, parse_args
 from lab.errors import ConfigError
 from lab.logs import EventLog
@@ -40,19 +40,18 @@ from lab.sdnotify import notify
 DEFAULT_CONFIG = "/etc/halab/balancer.toml"
 
 
-def raise_fd_limit(log: EventLog, maxconn: int) -> None:
+def raise_fd_limit(log: EventLog) -> int | None:
+    """Raise the soft RLIMIT_NOFILE to the hard one (workers inherit it); the
+    :class:`Balancer` lowers its maxconn to what the limit allows (``maxconn_limited``)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
+    if soft != hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    needed = 2 * maxconn + 64  # a client and a server socket per connection
-    if soft < needed:
-        log.warning("fd_limit_low", limit=soft, needed=needed, maxconn=maxconn)
-    else:
-        log.info("fd_limit", limit=soft)
+        except (ValueError, OSError) as e:
+            log.warning("fd_limit_not_raised", limit=soft, hard=hard, reason=str(e))
+    limit = fd_limit()
+    log.info("fd_limit", limit=limit if limit is not None else "unlimited")
+    return limit
 
 
 class Daemon:
@@ -329,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{len(cfg.servers)} servers, algorithm {cfg.algorithm}, {cfg.workers} worker(s)")
         return 0
     log = EventLog("balancer", args.log_level)
-    raise_fd_limit(log, cfg.maxconn)
+    raise_fd_limit(log)
     if cfg.workers > 1:
         return Master(cfg, args.config, log, args.log_level).run()
     install_loop(log)

@@ -16,6 +16,8 @@ States and rules (HAProxy's model):
   host). It counts neither way, and the next check comes after ``fastinter``.
   A refused or failed check always counts; so does a timed-out one with no
   good traffic since it began (a silent server answers nobody).
+* A check the balancer could not make (no file descriptor left) says nothing
+  about the server: inconclusive too, it counts neither way.
 * The next check is due after ``inter`` while stably UP, ``fastinter`` while
   the state is changing (some failures while UP, some successes while DOWN,
   an inconclusive check) and ``downinter`` while stably DOWN.
@@ -88,6 +90,13 @@ class Health:
             if self.failures >= self.params.fall:
                 return self._go(False, f"{self.params.fall} failed checks: {reason}", now)
         return None
+
+    def check_inconclusive(self, reason: str, now: float) -> None:
+        """A check that could not be made for a cause of the balancer's own (no file
+        descriptor left): counts neither way; the next one comes after ``fastinter``."""
+        self.last_check = f"{reason}, inconclusive: not the server's fault"
+        self.last_check_at = now
+        self.inconclusive = True
 
     def observe(self, ok: bool, reason: str, now: float) -> Transition | None:
         """An outcome of real traffic."""

@@ -13,7 +13,7 @@ import asyncio
 import functools
 from typing import Any, cast
 
-from balancer.core import Balancer, ServerRuntime
+from balancer.core import Balancer, ServerRuntime, out_of_fds
 
 
 class _Side(asyncio.Protocol):
@@ -23,6 +23,8 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: _Side | None = None
         self.closed = False
+        self.eof_got = False  # this end sent its FIN
+        self.eof_sent = False  # we passed the other end's FIN on to this end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -37,10 +39,16 @@ class _Side(asyncio.Protocol):
         """Bytes that went through this side (for the server's counters)."""
 
     def eof_received(self) -> bool:
+        self.eof_got = True
         peer = self.peer
         if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
             peer.transport.write_eof()
-            return True  # keep our write side open for the other direction
+            peer.eof_sent = True
+            if peer.eof_got:  # the peer is done both ways
+                peer.transport.close()
+            # keep our write side open for the other direction, unless done with too
+            # (a transport shut both ways stays open, and its descriptor with it)
+            return not self.eof_sent
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -117,7 +125,7 @@ class ClientSide(_Side):
         if self.bal.draining:
             self.transport.close()
             return
-        if fe.current > self.bal.config.maxconn:
+        if fe.current > self.bal.maxconn:
             self.bal.over_maxconn()
             self.transport.close()
             return
@@ -161,6 +169,12 @@ class ClientSide(_Side):
                     _, side = await bal.loop.create_connection(
                         functools.partial(ServerSide, bal, rt), rt.server.host, rt.server.port)
             except (OSError, TimeoutError) as e:
+                if out_of_fds(e):
+                    bal.fd_exhausted("connect", rt.name)
+                    bal.release(rt)
+                    bal.frontend.generated[503] += 1
+                    self.transport.close()
+                    return
                 reason = "connect timeout" if isinstance(e, TimeoutError) else (
                     e.strerror or type(e).__name__)
                 rt.stats.connect_errors += 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -106,6 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # a burst of connections is not refused (the default is 5)
 
     def __init__(self, addr: tuple[str, int], name: str) -> None:
         super().__init__(addr, _Handler)
@@ -171,18 +173,24 @@ def config_text(port: int, backends: list[Backend], extra: str = "", admin_port:
 class Running:
     """A balancer daemon process on loopback."""
 
-    def __init__(self, tmp: Path, text: str, port: int) -> None:
+    def __init__(self, tmp: Path, text: str, port: int, nofile: int | None = None) -> None:
         self.path = tmp / f"lb-{port}.toml"
         self.path.write_text(text)
         self.port = port
         self.log = tmp / f"lb-{port}.log"
+        self.nofile = nofile  # the daemon's RLIMIT_NOFILE, soft and hard (None: ours)
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _limits(self) -> None:
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def start(self) -> Running:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "balancer", "-f", str(self.path)],
-                stdout=subprocess.DEVNULL, stderr=log)
+                stdout=subprocess.DEVNULL, stderr=log,
+                preexec_fn=self._limits if self.nofile is not None else None)
         def listening() -> bool:
             assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
             try:
@@ -209,9 +217,10 @@ class Running:
 
 
 @contextlib.contextmanager
-def running(tmp: Path, backends: list[Backend], **kw: Any) -> Iterator[Running]:
+def running(tmp: Path, backends: list[Backend], nofile: int | None = None,
+            **kw: Any) -> Iterator[Running]:
     port = free_port()
-    r = Running(tmp, config_text(port, backends, **kw), port).start()
+    r = Running(tmp, config_text(port, backends, **kw), port, nofile).start()
     try:
         yield r
     finally:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from balancer import config
+from balancer.core import FD_HEADROOM, effective_maxconn, fd_reserve
 from balancer.daemon import main as daemon_main
 from lab.errors import ConfigError
 
@@ -119,3 +120,19 @@ def test_check_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         f"halab-balancer: {bad}: health.fall: 0 must be at least 1\n")
     assert daemon_main(["-f", str(tmp_path / "none.toml"), "--check"]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_the_fd_limit_lowers_maxconn_and_keeps_a_reserve() -> None:
+    """Each client connection may need a server socket too: 2 descriptors; the reserve
+    (headroom, a check per server, the keep-alive pools) stays free."""
+    two = config.loads(MINIMAL + '[[servers]]\nname = "web1"\naddress = "127.0.0.1:8082"\n'
+                       + "[backend]\npool_size = 4\n")
+    assert fd_reserve(two) == FD_HEADROOM + 2 + 2 * 4
+    assert effective_maxconn(two, None) == two.maxconn == 20000  # no limit
+    assert effective_maxconn(two, 1 << 20) == 20000  # the limit allows more
+    assert effective_maxconn(two, 1000) == (1000 - FD_HEADROOM - 10) // 2
+    assert effective_maxconn(two, 10) == 1  # never 0: one is taken, the rest get 503
+    tcp = config.loads(MINIMAL.replace('[frontend]\n', '[frontend]\nmode = "tcp"\n')
+                       + "[backend]\npool_size = 4\n[global]\nmaxconn = 100\n")
+    assert fd_reserve(tcp) == FD_HEADROOM + 1  # no pools in TCP mode
+    assert effective_maxconn(tcp, 1000) == 100

@@ -124,3 +124,23 @@ def test_an_inconclusive_check_leaves_a_down_server_down() -> None:
     assert not h.up and h.successes == 1
     tr = h.check_result(True, "http 200", 1.4)
     assert tr is not None and tr.up
+
+
+def test_a_check_the_balancer_could_not_make_counts_neither_way() -> None:
+    """No file descriptor left for the check's socket: the balancer's trouble, not the
+    server's. Neither a failure (an UP server stays UP) nor a success (a DOWN one keeps
+    its count), and the next check comes soon."""
+    h = Health(P, 2, 0.0)
+    h.check_result(False, "connection refused", 1.0)
+    for t in (2.0, 3.0, 4.0, 5.0):  # fall = 3, and more
+        h.check_inconclusive("out of file descriptors", t)
+        assert h.up and h.failures == 1 and h.next_delay() == P.fastinter
+        assert "inconclusive" in h.last_check and h.last_check_at == t
+    tr = h.check_result(False, "connection refused", 6.0)  # real failures still count
+    assert tr is None and h.failures == 2
+    h.force(False, "down", 7.0)
+    h.check_result(True, "http 200", 8.0)
+    h.check_inconclusive("out of file descriptors", 9.0)
+    assert not h.up and h.successes == 1
+    tr = h.check_result(True, "http 200", 10.0)
+    assert tr is not None and tr.up
