@@ -43,21 +43,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import time
 from typing import Any, cast
 
 import httptools
 
 from balancer import http
-from balancer.core import Balancer, ServerRuntime
+from balancer.core import Balancer, ServerRuntime, out_of_fds
 from balancer.scheduler import Verdict
 
 RETRY_BUFFER = 64 * 1024
 BODY_BUFFER = 64 * 1024  # body bytes held while no exchange sends them: then stop reading
 MAX_PIPELINE = 32
 RETRYABLE_STATUS_ERRORS = frozenset({502, 503, 504})
-LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # why a client is not read (several at once; reading resumes when none is left)
 PIPELINE, BODY, SERVER_FULL, BROKEN = 1, 2, 4, 8
 
@@ -506,7 +504,7 @@ class ClientConn(asyncio.Protocol):
         if self.bal.draining:
             self.close()
             return
-        if fe.current > self.bal.config.maxconn:
+        if fe.current > self.bal.maxconn:
             self.bal.over_maxconn()
             self.reject(503, "too many connections", quiet=True)
             return
@@ -712,9 +710,10 @@ class ClientConn(asyncio.Protocol):
             self.attempt_failed(req, rt, None, AttemptFailed("connect timeout", retryable=True))
             return
         except OSError as e:
-            if e.errno in LOCAL_ERRNOS:  # our shortage, not the server's fault
+            if out_of_fds(e):  # our shortage, not the server's fault
+                bal.fd_exhausted("connect", rt.name)
                 self.attempt_failed(req, rt, None, AttemptFailed(
-                    e.strerror or "out of resources", retryable=False, passive=False,
+                    e.strerror or "no file descriptor left", retryable=False, passive=False,
                     status=503))
                 return
             reason = ("connection refused" if isinstance(e, ConnectionRefusedError)
@@ -777,8 +776,7 @@ class ClientConn(asyncio.Protocol):
         elif ex is not None:
             self.respond_error(req, err.status, f"server {rt.name}: {err.reason}")
         else:
-            self.respond_error(req, err.status if not err.passive else 503,
-                               "no server is available (last error: "
+            self.respond_error(req, 503, "no server is available (last error: "
                                f"server {rt.name}: {err.reason})")
 
     def respond_error(self, req: Request, status: int, reason: str) -> None:
