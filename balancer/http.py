@@ -39,6 +39,7 @@ Field = tuple[bytes, bytes, bytes]  # (lower-case name, name, value)
 HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{0,5})?")
 ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)([/?][^#]*)?")
 DIGITS = re.compile(rb"[0-9]{1,18}")
+OWS = b" \t"  # RFC 9110 5.5: not part of a field value
 
 
 class Refused(Exception):
@@ -95,13 +96,13 @@ def _framing(headers: Headers, refuse: int) -> tuple[Framing, list[bytes], list[
         n = name.lower()
         if n in HOP_BY_HOP or n in FRAMING or n in FORWARDING:
             if n == b"connection":
-                tokens.update(t.strip().lower() for t in value.split(b","))
+                tokens.update(t.strip(OWS).lower() for t in value.split(b","))
             elif n == b"transfer-encoding":
-                codings += [c.strip().lower() for c in value.split(b",")]
+                codings += [c.strip(OWS).lower() for c in value.split(b",")]
             elif n == b"content-length":
-                lengths.append(value)
+                lengths.append(value.strip(OWS))
             elif n == b"host":
-                hosts.append(value)
+                hosts.append(value.strip(OWS))
             elif n == b"x-forwarded-for":
                 f.forwarded_for = value if f.forwarded_for is None else (
                     f.forwarded_for + b", " + value)

@@ -341,7 +341,12 @@ class Exchange:
         """The client stopped (or resumed) reading what we write to it."""
         self.client_blocked = blocked
         t = self.bal.config.timeouts
-        self.deadline = self.bal.loop.time() + (t.client if blocked else t.server)
+        if blocked:
+            self.deadline = self.bal.loop.time() + t.client
+        elif self.req.body_done or self.got_bytes:
+            self.deadline = self.bal.loop.time() + t.server
+        else:
+            self.deadline = float("inf")  # the request is not all sent: the client's clock
 
     def on_timeout(self, now: float) -> None:
         if self.client_blocked:  # the client does not read: not the server's fault
@@ -521,7 +526,9 @@ class ClientConn(asyncio.Protocol):
             self.after_upgrade(data[int(e.args[0]):])
             return
         except httptools.HttpParserError as e:
-            self.client_error(*(self.error or (400, f"malformed request: {e}")))
+            # (llhttp refuses versions other than 0.9, 1.x and 2.0 itself)
+            status = 505 if "HTTP version" in str(e) else 400
+            self.client_error(*(self.error or (status, f"malformed request: {e}")))
             return
         if self.in_head and self.head_bytes > self.bal.config.max_header_size:
             self.client_error(431, "request header section too large")
