@@ -2,8 +2,8 @@
 
 A raw-socket client talks to the real balancer process; behind it a ``RecordingBackend``
 (tests/unit/rawpeers.py) records the exact bytes the balancer sends upstream and answers
-whatever a case needs, malicious responses included. The contract is /tmp/spec13.md
-(issue 13's behaviour spec); where the cases come from:
+whatever a case needs, malicious responses included. The contract is the README's
+"Security: what the balancer refuses and trusts"; where the cases come from:
 
 * **the issue**: the ``Connection: content-length`` smuggle (a hop-by-hop list naming the
   framing header must not un-frame the request: its body stays a body), and its
