@@ -154,6 +154,9 @@ class BackendConn(asyncio.Protocol):
         self.uses = 0
         self.feeding = False  # inside parser.feed_data
         self.reusable = False  # its response ended in this feed: pool it after, if clean
+        self.in_head = False  # inside a response head
+        self.head_bytes = 0  # its fields' size so far
+        self.head_read = 0  # bytes read while a head was not complete
 
     # asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -165,6 +168,8 @@ class BackendConn(asyncio.Protocol):
             self.close()
             return
         ex.got_bytes = True
+        if self.in_head or not ex.started:
+            self.head_read += len(data)
         if not ex.client_blocked:
             ex.deadline = self.bal.loop.time() + self.bal.config.timeouts.server
         self.rt.stats.bytes_in += len(data)
@@ -184,6 +189,10 @@ class BackendConn(asyncio.Protocol):
         finally:
             self.feeding = False
             client.uncork()
+        if self.in_head and self.head_read > 2 * self.bal.config.max_header_size and \
+                self.exchange is not None:  # a head line that does not end: httptools keeps
+            self.exchange.fail(AttemptFailed("response head too large", retryable=False))
+            self.close()  # it in memory until it does
         if self.reusable:
             self.reusable = False
             release_conn(self.bal, self.rt, self)
@@ -227,12 +236,21 @@ class BackendConn(asyncio.Protocol):
         if self.exchange is None:  # bytes after the end of the response
             self.keep_alive = False
             raise httptools.HttpParserError("data after the response")
+        self.in_head = True
+        self.head_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.exchange is not None:
-            self.exchange.resp_headers.append((name, value))
+        ex = self.exchange
+        if ex is not None:
+            ex.resp_headers.append((name, value))
+            self.head_bytes += len(name) + len(value) + 4
+            if self.head_bytes > self.bal.config.max_header_size:
+                ex.refused = "response head too large"
+                raise httptools.HttpParserError(ex.refused)
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.head_read = 0
         if self.exchange is not None:
             self.keep_alive = self.parser.should_keep_alive()
             p = self.parser

@@ -816,6 +816,10 @@ BAD_STATUS = [
     ("cl-hex", b"HTTP/1.1 200 OK\r\nContent-Length: 0x2\r\n\r\nok"),
     ("cl-negative", b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok"),
     ("cl-space-inside", b"HTTP/1.1 200 OK\r\nContent-Length: 2 2\r\n\r\nok"),
+    # a response head beyond max_header_size (httptools keeps it all until it ends)
+    ("head-too-large", b"HTTP/1.1 200 OK\r\nX: " + b"a" * 100_000
+     + b"\r\nContent-Length: 2\r\n\r\nok"),
+    ("head-never-ends", b"HTTP/1.1 200 OK\r\nX-Endless: " + b"a" * 100_000),
 ]
 
 
