@@ -54,7 +54,9 @@ from balancer.scheduler import Verdict
 
 RETRY_BUFFER = 64 * 1024
 BODY_BUFFER = 64 * 1024  # body bytes held while no exchange sends them: then stop reading
-MAX_PIPELINE = 32
+MAX_PIPELINE = 32  # requests queued on a connection before it is not read
+MAX_QUEUED = 4 * MAX_PIPELINE  # ... and what one read may add: beyond, 400
+LINGER = 2.0  # s: at most this long reading a rejected client's leftovers (nginx: 5)
 RETRYABLE_STATUS_ERRORS = frozenset({502, 503, 504})
 # why a client is not read (several at once; reading resumes when none is left)
 PIPELINE, BODY, SERVER_FULL, BROKEN = 1, 2, 4, 8
@@ -74,7 +76,7 @@ class AttemptFailed(Exception):
 
 
 class Request:
-    __slots__ = ("attempted", "attempts", "body_done", "body_size", "head", "head_size",
+    __slots__ = ("attempts", "body_done", "body_size", "head", "head_size",
                  "headers", "keep_alive", "kept", "last_error", "pending", "pending_size",
                  "replayable", "server", "sink", "started", "tried", "url")
 
@@ -90,7 +92,6 @@ class Request:
         self.body_size = 0
         self.body_done = False
         self.replayable = True
-        self.attempted = False
         self.sink: Exchange | None = None  # the exchange streaming this body now
         self.started = time.monotonic()
         self.tried: list[str] = []  # servers whose attempt failed
@@ -124,12 +125,17 @@ class Request:
             self.pending_size += len(data)
 
     def take_body(self) -> list[bytes]:
-        """What a new attempt must send first: all of it on a retry, else what waited."""
-        parts = self.kept if self.attempted else self.pending
+        """What a new attempt must send first: what no attempt has sent yet."""
+        parts = self.pending
         self.pending = []
         self.pending_size = 0
-        self.attempted = True
-        return list(parts)
+        return parts
+
+    def rewind(self) -> None:
+        """Before a retry (only while ``replayable``): the next attempt sends it all. What
+        arrives until it starts joins ``pending``, which stays bounded (BODY_BUFFER)."""
+        self.pending = list(self.kept)
+        self.pending_size = sum(map(len, self.pending))
 
     def on_body_done(self) -> None:
         self.body_done = True
@@ -168,10 +174,8 @@ class BackendConn(asyncio.Protocol):
             self.close()
             return
         ex.got_bytes = True
-        if self.in_head or not ex.started:
-            self.head_read += len(data)
-        if not ex.client_blocked:
-            ex.deadline = self.bal.loop.time() + self.bal.config.timeouts.server
+        self.head_read += len(data)
+        ex.rearm()
         self.rt.stats.bytes_in += len(data)
         client = ex.client
         client.corked = True  # everything this read produces leaves in one write
@@ -189,10 +193,11 @@ class BackendConn(asyncio.Protocol):
         finally:
             self.feeding = False
             client.uncork()
-        if self.in_head and self.head_read > 2 * self.bal.config.max_header_size and \
-                self.exchange is not None:  # a head line that does not end: httptools keeps
-            self.exchange.fail(AttemptFailed("response head too large", retryable=False))
-            self.close()  # it in memory until it does
+        if self.head_read > 2 * self.bal.config.max_header_size and self.exchange is not None:
+            # a head, trailer or chunk line that does not end: httptools keeps a field in
+            # memory until it ends
+            self.exchange.fail(AttemptFailed("response framing too large", retryable=False))
+            self.close()
         if self.reusable:
             self.reusable = False
             release_conn(self.bal, self.rt, self)
@@ -215,16 +220,16 @@ class BackendConn(asyncio.Protocol):
     def pause_writing(self) -> None:
         ex = self.exchange
         if ex is not None:  # the server does not read: its fault if it lasts
+            ex.server_full = True
             ex.client.pause(SERVER_FULL)
-            if not ex.client_blocked:
-                ex.deadline = self.bal.loop.time() + self.bal.config.timeouts.server
+            ex.rearm()
 
     def resume_writing(self) -> None:
         ex = self.exchange
         if ex is not None:
+            ex.server_full = False
             ex.client.resume(SERVER_FULL)
-            if not ex.req.body_done and not ex.got_bytes:
-                ex.deadline = float("inf")  # the client's body timeout rules again
+            ex.rearm()
 
     def close(self) -> None:
         self.closed = True
@@ -241,7 +246,7 @@ class BackendConn(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.exchange
-        if ex is not None:
+        if ex is not None and self.in_head:  # (not trailers: dropped)
             ex.resp_headers.append((name, value))
             self.head_bytes += len(name) + len(value) + 4
             if self.head_bytes > self.bal.config.max_header_size:
@@ -257,6 +262,7 @@ class BackendConn(asyncio.Protocol):
             self.exchange.on_response_head(p.get_status_code(), p.get_http_version())
 
     def on_body(self, body: bytes) -> None:
+        self.head_read = 0
         if self.exchange is not None:
             self.exchange.on_response_body(body)
 
@@ -284,6 +290,7 @@ class Exchange:
         "reused",
         "rt",
         "sent_bytes",
+        "server_full",
         "started",
         "status",
         "until_close",
@@ -306,11 +313,24 @@ class Exchange:
         self.until_close = False
         self.client_keep_alive = True
         self.client_blocked = False  # the client does not read: its clock, not the server's
+        self.server_full = False  # the server does not read what we send it
         self.refused = ""  # why the response was refused (its framing)
         self.sent_bytes = 0
-        # the server's clock starts once the whole request is sent
-        self.deadline = (bal.loop.time() + bal.config.timeouts.server if req.body_done
-                         else float("inf"))
+        self.deadline = float("inf")
+        self.rearm()
+
+    def rearm(self) -> None:
+        """Whose clock runs, from the state: the client's own timeout while it does not
+        read; none here while the request is still arriving and the server takes it (the
+        client's body timeout runs); else the server's, from now (each byte it sends, the
+        end of the request, or its reading again restarts it)."""
+        t = self.bal.config.timeouts
+        if self.client_blocked:
+            self.deadline = self.bal.loop.time() + t.client
+        elif not self.req.body_done and not self.server_full:
+            self.deadline = float("inf")
+        else:
+            self.deadline = self.bal.loop.time() + t.server
 
     # --- request ---------------------------------------------------------------
     def start(self) -> None:
@@ -329,6 +349,8 @@ class Exchange:
             if part:
                 out.append(http.chunk(part) if req.chunked else part)
         client.resume(BODY)
+        if client.not_reading:
+            self.client_pauses(True)
         if req.body_done:
             if req.chunked:
                 out.append(http.LAST_CHUNK)
@@ -352,25 +374,24 @@ class Exchange:
         if self.req.chunked:
             self.conn.transport.write(http.LAST_CHUNK)
             self.sent_bytes += len(http.LAST_CHUNK)
-        if not self.client_blocked and not self.got_bytes:
-            self.deadline = self.bal.loop.time() + self.bal.config.timeouts.server
+        self.rearm()
 
     def client_pauses(self, blocked: bool) -> None:
-        """The client stopped (or resumed) reading what we write to it."""
+        """The client stopped (or resumed) reading what we write to it: so does the server
+        connection, and the client's clock runs instead of the server's."""
         self.client_blocked = blocked
-        t = self.bal.config.timeouts
-        if blocked:
-            self.deadline = self.bal.loop.time() + t.client
-        elif self.req.body_done or self.got_bytes:
-            self.deadline = self.bal.loop.time() + t.server
-        else:
-            self.deadline = float("inf")  # the request is not all sent: the client's clock
+        if self.conn.transport is not None:
+            if blocked:
+                self.conn.transport.pause_reading()
+            else:
+                self.conn.transport.resume_reading()
+        self.rearm()
 
     def on_timeout(self, now: float) -> None:
         if self.client_blocked:  # the client does not read: not the server's fault
             self.client.log_client("client_timeout", "the client did not read the response")
             self.abandon()
-            self.client.close()
+            self.client.abort()
         elif self.started:
             self.fail(AttemptFailed("server timeout during response", retryable=False))
         else:
@@ -460,6 +481,7 @@ class Exchange:
     def _end(self) -> None:
         self.finished = True
         self.client.hold = False
+        self.client.resume(SERVER_FULL)
         self.rt.inflight.discard(self)
         self.conn.exchange = None
         if self.req.sink is self:
@@ -514,6 +536,9 @@ class ClientConn(asyncio.Protocol):
         self.hold = False  # keep a response head back until its body arrives
         self.out: list[bytes] = []
         self.body_of: Request | None = None  # an Upgrade request whose body comes next
+        self.priming = False  # feeding a new parser the framing of body_of
+        self.not_reading = False  # our writes to the client are paused (it does not read)
+        self.refused = False  # turned away at once (over maxconn)
 
     # --- asyncio ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -529,32 +554,46 @@ class ClientConn(asyncio.Protocol):
             return
         if fe.current > self.bal.maxconn:
             self.bal.over_maxconn()
+            self.refused = True
             self.reject(503, "too many connections", quiet=True)
             return
         self.set_deadline(self.bal.config.timeouts.client_header)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing or self.broken:
-            return  # lingering: read and dropped
-        if self.in_head or self.req is None:
-            self.head_bytes += len(data)
+        if self.refused and self.lingering and self.transport is not None:
+            # turned away (maxconn): its request is read, nothing more is coming; its
+            # descriptor is freed now, not in LINGER (the kernel still delivers our FIN)
+            self.lingering = False
+            self.transport.close()
+        # (lingering, or broken: read and dropped)
+        while data and not self.closing and not self.broken:
+            data = self.feed(data)
+
+    def feed(self, data: bytes) -> bytes:
+        """Parse ``data``; returns what follows an Upgrade request, for a new parser."""
+        self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
-            self.after_upgrade(data[int(e.args[0]):])
-            return
+            self.new_parser()
+            return data[int(e.args[0]):]
         except httptools.HttpParserError as e:
             # (llhttp refuses versions other than 0.9, 1.x and 2.0 itself)
             status = 505 if "HTTP version" in str(e) else 400
             self.client_error(*(self.error or (status, f"malformed request: {e}")))
-            return
-        if self.in_head and self.head_bytes > self.bal.config.max_header_size:
-            self.client_error(431, "request header section too large")
+            return b""
+        if self.head_bytes > self.bal.config.max_header_size:
+            # a head, or trailers or chunk extensions, that do not end: httptools keeps
+            # a field in memory until it ends
+            self.client_error(431 if self.in_head else 400,
+                              "request header section too large" if self.in_head
+                              else "chunk framing or trailer section too large")
         elif self.req is not None and not self.in_head and self.req.sink is None \
                 and self.req.pending_size > BODY_BUFFER:
             self.pause(BODY)
+        return b""
 
-    def after_upgrade(self, rest: bytes) -> None:
+    def new_parser(self) -> None:
         """httptools stops at an Upgrade request (the rest would be another protocol).
         We never switch: the request is served as a plain one, and parsing goes on with
         a new parser, primed with a head of the same framing when a body follows."""
@@ -562,11 +601,13 @@ class ClientConn(asyncio.Protocol):
         req = self.body_of
         if req is not None:
             f = req.head.framing
-            self.parser.feed_data(b"PUT / HTTP/1.1\r\nHost: x\r\n" + (
-                b"Transfer-Encoding: chunked" if f.chunked else b"Content-Length: %d" % (
-                    f.length or 0)) + b"\r\n\r\n")  # (its callbacks go to body_of)
-        if rest:
-            self.data_received(rest)
+            self.priming = True  # (the primed head's callbacks are ignored)
+            try:
+                self.parser.feed_data(b"PUT / HTTP/1.1\r\nHost: x\r\n" + (
+                    b"Transfer-Encoding: chunked" if f.chunked
+                    else b"Content-Length: %d" % (f.length or 0)) + b"\r\n\r\n")
+            finally:
+                self.priming = False
 
     def eof_received(self) -> bool:
         # The client finished sending: answer what was asked, then close.
@@ -586,30 +627,26 @@ class ClientConn(asyncio.Protocol):
         self.abandon_active()
 
     def pause_writing(self) -> None:
-        ex = self.exchange
-        if ex is not None:
-            if ex.conn.transport is not None:
-                ex.conn.transport.pause_reading()
-            ex.client_pauses(True)
+        self.not_reading = True
+        if self.exchange is not None:
+            self.exchange.client_pauses(True)
 
     def resume_writing(self) -> None:
-        ex = self.exchange
-        if ex is not None:
-            if ex.conn.transport is not None:
-                ex.conn.transport.resume_reading()
-            ex.client_pauses(False)
+        self.not_reading = False
+        if self.exchange is not None:
+            self.exchange.client_pauses(False)
 
     # --- httptools callbacks --------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self.body_of is not None:
-            return  # the primed head of an Upgrade request's body
+        if self.priming:
+            return
         self.req = Request()
         self.in_head = True
         self.set_deadline(self.bal.config.timeouts.client_header)
 
     def on_url(self, url: bytes) -> None:
         req = self.req
-        if req is None or not self.in_head:
+        if req is None or self.priming:
             return
         req.url += url
         if len(req.url) > self.bal.config.max_url_size:
@@ -618,18 +655,16 @@ class ClientConn(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.req
-        if req is None:
-            return
+        if req is None or self.priming or not self.in_head:
+            return  # (after the body: trailer fields, dropped)
         req.head_size += len(name) + len(value) + 4
-        if self.in_head:
-            req.headers.append((name, value))
-        # (after the body: trailer fields, counted and dropped)
+        req.headers.append((name, value))
         if req.head_size + len(req.url) > self.bal.config.max_header_size:
             self.error = (431, "request header section too large")
             raise httptools.HttpParserError(self.error[1])
 
     def on_headers_complete(self) -> None:
-        if self.body_of is not None:
+        if self.priming:
             self.req = self.body_of
             return
         req = self.req
@@ -652,6 +687,9 @@ class ClientConn(asyncio.Protocol):
         else:
             req.body_done = True
             self.deadline = float("inf")
+        if len(self.queue) >= MAX_QUEUED:  # (one read can hold thousands of small requests)
+            self.error = (400, "too many pipelined requests")
+            raise httptools.HttpParserError(self.error[1])
         self.queue.append(req)
         self.bal.frontend.requests += 1
         if len(self.queue) > MAX_PIPELINE:
@@ -661,6 +699,7 @@ class ClientConn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         req = self.req
+        self.head_bytes = 0
         if req is not None:
             req.on_body(body)
             if self.deadline != float("inf"):
@@ -791,6 +830,7 @@ class ClientConn(asyncio.Protocol):
                      client=self.peer)
         if retry:
             req.attempts += 1
+            req.rewind()
             rt.stats.retries += 1
             req.tried.append(rt.name)
             req.last_error = f" (last error: server {rt.name}: {err.reason})"
@@ -905,19 +945,20 @@ class ClientConn(asyncio.Protocol):
 
     def on_timeout(self, now: float) -> None:
         self.deadline = float("inf")
-        if self.lingering:
+        if self.closing:  # lingering is over, or a client does not read our last bytes
             self.lingering = False
-            if self.transport is not None:
-                self.transport.close()
+            if self.transport is not None and not self.transport.get_write_buffer_size():
+                self.transport.close()  # (all was sent: no RST to destroy the answer)
+            else:
+                self.abort()
         elif self.broken:
             pass  # waiting for the requests before the broken one
+        elif self.req is not None and self.paused:
+            self.set_deadline(self.bal.config.timeouts.client)  # we are not reading it
         elif self.in_head:
             self.client_error(408, "request not received in time")
         elif self.req is not None:  # inside a body
-            if self.paused:
-                self.set_deadline(self.bal.config.timeouts.client)  # we are not reading
-            else:
-                self.client_error(408, "request body not received in time")
+            self.client_error(408, "request body not received in time")
         elif self.active is None and not self.queue:
             self.close()  # idle keep-alive connection
 
@@ -975,16 +1016,26 @@ class ClientConn(asyncio.Protocol):
         self.deadline = float("inf")
         if self.transport is not None:
             self.transport.close()
+            if self.transport.get_write_buffer_size():  # a client that does not read is
+                self.set_deadline(self.bal.config.timeouts.client)  # not waited for forever
+
+    def abort(self) -> None:
+        """Close at once, whatever is left to write (a RST)."""
+        self.closing = True
+        self.lingering = False
+        self.deadline = float("inf")
+        if self.transport is not None:
+            self.transport.abort()
 
 
 CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
-LINGER = 2.0  # s: at most this long reading a rejected client's leftovers (nginx: 5)
 REASON_BYTES = {code: text.encode() for code, text in http.REASONS.items()}
 
 
 def release_conn(bal: Balancer, rt: ServerRuntime, conn: BackendConn) -> None:
     """Back to the pool if it can carry another request, else closed."""
-    if (conn.closed or not conn.keep_alive or bal.draining
+    if (conn.closed or not conn.keep_alive or bal.draining or conn.transport is None
+            or conn.transport.get_write_buffer_size()  # the request is not all sent
             or len(rt.pool) >= bal.config.pool_size or not rt.server.up
             or bal.runtimes.get(rt.name) is not rt):
         conn.close()

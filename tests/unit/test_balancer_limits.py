@@ -121,6 +121,8 @@ def test_a_low_fd_limit_turns_extra_connections_away_fast_and_checks_go_on(
     with running(tmp_path, pair, nofile=NOFILE, admin_port=admin, extra=EXTRA) as first:
         r = in_mode(first, mode, NOFILE)
         try:
+            # (the daemon listens on its frontend first, then opens the admin port)
+            wait_until(lambda: admin_answers(admin), 5, "the admin port answering")
             wait_until(lambda: stats(admin)["frontend"]["current"] == 0, 5,
                        "the start-up probe's connection gone")
             assert servers_up(admin)
@@ -181,6 +183,7 @@ def test_checks_that_find_no_descriptor_left_are_inconclusive(
     sock = str(tmp_path / "lb.sock")
     with running(tmp_path, pair, nofile=60, admin_port=admin, socket_path=sock,
                  extra=EXTRA) as r:
+        wait_until(lambda: admin_answers(admin), 5, "the admin port answering")
         wait_until(lambda: servers_up(admin), 5, "both servers UP")
         hogs = []
         try:
