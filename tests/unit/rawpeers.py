@@ -54,8 +54,23 @@ STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3}) ([\t\x20-\x7e\x80-\xff]*)")
 
 # --- what a backend saw ---------------------------------------------------------------------
 
+class Fields:
+    """Header lookups of a message seen raw (a request or a response)."""
+
+    headers: list[tuple[bytes, bytes]]
+
+    def values(self, name: str) -> list[bytes]:
+        """The values of every header line named ``name`` (case-insensitive)."""
+        n = name.lower().encode()
+        return [v for k, v in self.headers if k.lower() == n]
+
+    def value(self, name: str) -> bytes | None:
+        vs = self.values(name)
+        return vs[0] if vs else None
+
+
 @dataclass
-class SeenRequest:
+class SeenRequest(Fields):
     """One request as the backend framed it."""
 
     head: bytes  # request line and header lines, CRLFCRLF included
@@ -71,15 +86,6 @@ class SeenRequest:
     trailers: list[bytes] = field(default_factory=list)
     complete: bool = False
     malformed: str = ""  # why the head could not be parsed ("" if it could)
-
-    def values(self, name: str) -> list[bytes]:
-        """The values of every header line named ``name`` (case-insensitive)."""
-        n = name.lower().encode()
-        return [v for k, v in self.headers if k.lower() == n]
-
-    def value(self, name: str) -> bytes | None:
-        vs = self.values(name)
-        return vs[0] if vs else None
 
     @property
     def path(self) -> str:
@@ -616,7 +622,7 @@ def read_all(s: socket.socket, timeout: float, responses: int | None = None,
 
 
 @dataclass
-class Response:
+class Response(Fields):
     status: int
     reason: bytes
     headers: list[tuple[bytes, bytes]]
@@ -624,14 +630,6 @@ class Response:
     raw: bytes
     complete: bool
     malformed: str = ""
-
-    def values(self, name: str) -> list[bytes]:
-        n = name.lower().encode()
-        return [v for k, v in self.headers if k.lower() == n]
-
-    def value(self, name: str) -> bytes | None:
-        vs = self.values(name)
-        return vs[0] if vs else None
 
     @property
     def closes(self) -> bool:
