@@ -82,8 +82,8 @@ class ResponseHead:
     until_close: bool  # no length: the body ends when the server closes
 
 
-def _framing(headers: Headers, refuse: int) -> tuple[Framing, list[bytes], list[bytes]]:
-    """One pass: (framing with the end-to-end fields, transfer-codings, Host values).
+def _framing(headers: Headers, refuse: int) -> tuple[Framing, list[bytes]]:
+    """One pass: (framing with the end-to-end fields, Host values).
     Headers named in Connection are dropped, but framing and Host never are: they
     were read here first."""
     f = Framing()
@@ -128,7 +128,7 @@ def _framing(headers: Headers, refuse: int) -> tuple[Framing, list[bytes], list[
         if not DIGITS.fullmatch(lengths[0]):
             raise Refused(refuse, "invalid Content-Length")
         f.length = int(lengths[0])
-    return f, codings, hosts
+    return f, hosts
 
 
 def request(method: bytes, target: bytes, version: str, headers: Headers) -> RequestHead:
@@ -138,8 +138,8 @@ def request(method: bytes, target: bytes, version: str, headers: Headers) -> Req
     if method == b"CONNECT":
         raise Refused(405, "CONNECT is not served")
     http10 = version == "1.0"
-    f, codings, hosts = _framing(headers, 400)
-    if codings and http10:
+    f, hosts = _framing(headers, 400)
+    if f.chunked and http10:
         raise Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
     if len(hosts) > 1 or (not hosts and not http10):
         raise Refused(400, "missing Host" if not hosts else "more than one Host")
@@ -167,7 +167,7 @@ def response(status: int, version: str, headers: Headers, method: bytes) -> Resp
         raise Refused(502, f"server answered HTTP/{version}")
     if status == 101 or not 100 <= status <= 999:
         raise Refused(502, f"server answered status {status}")
-    f, _, _ = _framing(headers, 502)
+    f, _ = _framing(headers, 502)
     no_body = method == b"HEAD" or status < 200 or status in (204, 304)
     if no_body and status == 204:
         f.length = None
