@@ -462,16 +462,20 @@ class _Framer:
         assert cur is not None
         return self._body_step(cur, buf, events)
 
+    def _take(self, req: SeenRequest, buf: bytearray) -> None:
+        """Up to ``left`` body bytes from the front of ``buf``."""
+        take = min(self.left, len(buf))
+        part = bytes(buf[:take])
+        del buf[:take]
+        self._keep(req, part, part)
+        self.left -= take
+
     def _body_step(self, req: SeenRequest, buf: bytearray,
                    events: list[tuple[str, SeenRequest]]) -> bool:
         if self.state == "length":
             if not buf and self.left:
                 return False
-            take = min(self.left, len(buf))
-            part = bytes(buf[:take])
-            del buf[:take]
-            self._keep(req, part, part)
-            self.left -= take
+            self._take(req, buf)
             if self.left == 0:
                 self._complete(events)
                 return True
@@ -503,11 +507,7 @@ class _Framer:
         if self.state == "data":
             if not buf:
                 return False
-            take = min(self.left, len(buf))
-            part = bytes(buf[:take])
-            del buf[:take]
-            self._keep(req, part, part)
-            self.left -= take
+            self._take(req, buf)
             if self.left == 0:
                 self.state = "crlf"
             return bool(buf)

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,6 @@ EFFECTIVE = {"http": 32, "tcp": 33}
 PARTIAL_HEAD = b"GET / HTTP/1.1\r\nHost: x\r\n"  # a request head not finished yet
 EXTRA = ('[backend]\npool_size = 1\n[timeouts]\nclient_header = 30000\ndrain = 500\n'
          '[health]\ninter = 100\nfastinter = 50\nfall = 2\n')
-
-
-@pytest.fixture(scope="module")
-def pair() -> Iterator[list[Backend]]:
-    backends = [Backend("web0").start(), Backend("web1").start()]
-    yield backends
-    for b in backends:
-        b.stop()
 
 
 def in_mode(r: Running, mode: str, nofile: int | None = None) -> Running:

@@ -24,14 +24,6 @@ from .backends import Backend, Garbage, Running, config_text, free_port, raw, ru
 
 
 @pytest.fixture(scope="module")
-def pair() -> Iterator[list[Backend]]:
-    backends = [Backend("web0").start(), Backend("web1").start()]
-    yield backends
-    for b in backends:
-        b.stop()
-
-
-@pytest.fixture(scope="module")
 def lb(pair: list[Backend], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("lb")
     with running(tmp, pair, admin_port=free_port(), socket_path=str(tmp / "lb.sock"),
