@@ -34,6 +34,10 @@
     refresh = 0                    # ms between repeated announcements (0: off)
     handover_link = "private"      # graceful handover: packets of the old master's
     handover_window = 5000         # open connections go to it over this link, this long
+    handover_prepare = [["argv", "..."]]  # run in order before a graceful takeover (still
+                                   # BACKUP; the old master serves meanwhile), each within
+                                   # handover_window: warm up what will serve, e.g.
+                                   # requests through the local balancer
 
     [[track]]                      # a failing one makes this node FAULT
     name = "balancer"
@@ -109,6 +113,7 @@ class Config:
     refresh: float = 0.0
     handover_link: str = "private"
     handover_window: float = 5.0
+    handover_prepare: tuple[tuple[str, ...], ...] = ()
     tracks: tuple[Track, ...] = ()
     start: tuple[tuple[str, ...], ...] = ()
     stop: tuple[tuple[str, ...], ...] = ()
@@ -222,6 +227,10 @@ def parse(r: Reader) -> Config:
     handover_window = v.ms("handover_window", int(d.handover_window * 1000), lo=0)
     if handover_link not in {lk.name for lk in links}:
         raise v.fail("handover_link", f"{handover_link!r} is not one of the links")
+    prepare = v.value("handover_prepare", [])
+    if not isinstance(prepare, list):
+        raise v.fail("handover_prepare", "must be a list of commands")
+    handover_prepare = tuple(_argv(v, "handover_prepare", x) for x in prepare)
     v.done()
 
     tracks = []
@@ -263,5 +272,6 @@ def parse(r: Reader) -> Config:
                   state_file=state_file, control_socket=control_socket, timers=timers,
                   interface=interface, garp_count=garp_count, garp_interval=garp_interval,
                   refresh=refresh, handover_link=handover_link,
-                  handover_window=handover_window, tracks=tuple(tracks), start=start, stop=stop,
+                  handover_window=handover_window, handover_prepare=handover_prepare,
+                  tracks=tuple(tracks), start=start, stop=stop,
                   notify=notify, source=r.path)

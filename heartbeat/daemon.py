@@ -467,9 +467,16 @@ class Daemon:
         emulated VM, and a takeover that blocked the loop for them outlasted deadtime
         there (the standing-by master gave up on us). The FSM hears when it is ready."""
         addr = self.cfg.peer_address(peer, self.cfg.handover_link)
-        job = self.loop.run_in_executor(None, self._handover_setup, addr)
+        commands = list(self.cfg.handover_prepare)
+        ran: list[dict[str, Any]] = []  # what the prepare commands did, logged here
+
+        def work() -> str | None:
+            ran.extend(self._run_prepare(commands))
+            return self._handover_setup(addr)
 
         def done(f: asyncio.Future[str | None]) -> None:
+            for fields in ran:
+                self.log.log(20 if fields["status"] == 0 else 40, "handover_prepare", **fields)
             try:
                 error = f.result()
             except Exception as e:  # an OSError starting a command: still hand over
@@ -477,7 +484,29 @@ class Daemon:
             self._handover_ready(peer, addr, error)
             self.perform(self.node.handover_prepared(peer, self.loop.time()))
 
-        job.add_done_callback(done)
+        self.loop.run_in_executor(None, work).add_done_callback(done)
+
+    def _run_prepare(self, commands: list[tuple[str, ...]]) -> list[dict[str, Any]]:
+        """The configured ``handover_prepare`` commands, in order, each within the
+        handover window: under emulation a standby's serving path that never ran since
+        it booted answers its first requests slowly (up to a second and more seen), so
+        the lab warms it here, while the old master still serves. A failure is logged,
+        and the takeover goes on."""
+        out = []
+        for argv in commands:
+            t0 = time.monotonic()
+            try:
+                res = subprocess.run(argv, capture_output=True, check=False,
+                                     timeout=max(self.cfg.handover_window, 1.0))
+                status: int | str = res.returncode
+                err = res.stderr.decode(errors="replace").strip()[:200]
+            except subprocess.TimeoutExpired:
+                status, err = "timeout", ""
+            except OSError as e:
+                status, err = "failed", str(e)
+            out.append({"argv": " ".join(argv), "status": status,
+                        "ms": round((time.monotonic() - t0) * 1000), "stderr": err or None})
+        return out
 
     def _handover_setup(self, addr: str) -> str | None:
         """The commands of the forwarding (three: conntrack, one iptables-restore, one

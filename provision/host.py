@@ -42,7 +42,7 @@ FIREWALL_UNIT = "halab-firewall.service"  # the firewall again at boot
 # e.g. ("dir0", "files written (0.4 s)"); called from several threads at once
 Progress = Callable[[str, str], None]
 PROGRAMS = ("nginx", "sshd", "ssh-keygen", "iptables-restore", "ip6tables-restore", "sysctl",
-            "conntrack")
+            "conntrack", "curl")
 
 # Kernel settings per role (each network namespace has its own).
 ROLE_SYSCTLS: dict[Role, dict[str, str]] = {

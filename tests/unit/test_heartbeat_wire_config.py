@@ -118,6 +118,13 @@ def test_ping_node_is_a_ping_command() -> None:
     assert c.tracks[0].timeout >= 1.0
 
 
+def test_handover_prepare_commands() -> None:
+    assert config.loads(CFG.format(key="/k")).handover_prepare == ()
+    c = config.loads(CFG.format(key="/k").replace(
+        "[vip]", '[vip]\nhandover_prepare = [["curl", "-s", "http://x/"], ["true"]]'))
+    assert c.handover_prepare == (("curl", "-s", "http://x/"), ("true",))
+
+
 def test_config_defaults_and_budget() -> None:
     c = config.loads(CFG.format(key="/k"))
     assert (c.timers.keepalive, c.timers.deadtime) == (0.05, 0.2)
@@ -142,6 +149,11 @@ def test_config_defaults_and_budget() -> None:
     (('tcp = "198.18.0.11:80"', 'ping = "203.0.113.1"\ncommand = ["true"]'), "track[0].tcp",
      "exactly one"),
     (("[vip]", "[vip]\ncolour = 1"), "vip.colour", "unknown key"),
+    (("[vip]", '[vip]\nhandover_prepare = "curl"'), "vip.handover_prepare",
+     "a list of commands"),
+    (("[vip]", '[vip]\nhandover_prepare = ["curl", "-s"]'), "vip.handover_prepare",
+     "must be a command"),
+    (("[vip]", "[vip]\nhandover_prepare = [[]]"), "vip.handover_prepare", "must be a command"),
 ])
 def test_config_errors(change: tuple[str, str], key: str, reason: str) -> None:
     text = CFG.format(key="/k").replace(*change)

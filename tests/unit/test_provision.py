@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from heartbeat.fsm import Timers
@@ -71,6 +72,13 @@ def test_heartbeat_config_from_topology() -> None:
     assert c1.tracks[0].tcp == ("198.18.0.12", 80)
     assert c0.port == TOPO.ports.heartbeat
     assert c0.timers == Timers()  # the netns lab runs heartbeat's defaults
+    # before a graceful takeover: three requests through its own balancer, each on a
+    # connection of its own, within the lab's pace
+    url = "http://198.18.0.12:80/"
+    (warm,) = c1.handover_prepare
+    assert warm[0] == "curl" and warm.count(url) == 3 and warm.count("/dev/null") == 3
+    pairs = set(itertools.pairwise(warm))
+    assert ("-H", "Connection: close") in pairs and ("--max-time", "1") in pairs
 
 
 def test_heartbeat_timers_follow_the_labs_pace() -> None:
