@@ -341,8 +341,12 @@ class VagrantBackend(SshBackend):
 
     def power_on(self, host: str) -> None:
         """Boot again; return once systemd says the boot is done (the units that were
-        enabled, halab's among them, are up)."""
-        self.virsh("start", self.domain(host))
+        enabled, halab's among them, are up). A VM that runs already is left as it is:
+        the fault's note is written before its power-off, and a run killed in between
+        left a power loss to heal that never happened (`virsh start` refuses then)."""
+        dom = self.domain(host)
+        if self.virsh("domstate", dom, check=False).strip() != "running":
+            self.virsh("start", dom)
         self._off.discard(host)
         deadline = time.monotonic() + 900
         while True:

@@ -15,6 +15,7 @@ import pytest
 
 from lab import topology as topo_mod
 from lab import vmhost
+from lab.backend import Result
 from lab.backends import choose_lab, root_refusal, vagrant, vagrant_lab_up
 from lab.backends import ssh as ssh_backend
 from lab.errors import HalabError
@@ -254,3 +255,26 @@ def test_a_run_without_root_that_selects_none_of_the_suite_is_let_through(
     rc, out = run_suite(tmp_path, "-k", "no_such_test", euid=1000)
     assert rc == pytest.ExitCode.NO_TESTS_COLLECTED, "\n".join(out)
     assert not [x for x in out if "needs root" in x]
+
+
+@pytest.mark.parametrize(("state", "started"), [("running", False), ("shut off", True)])
+def test_power_on_starts_only_a_vm_that_is_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               no_commands: list[Sequence[str]], state: str,
+                                               started: bool) -> None:
+    """Healing a power loss that a killed run noted but never carried out: the VM runs,
+    and `virsh start` would fail (every test of the next run errored on it)."""
+    (dom,) = record_vms(tmp_path, ["dir0"])
+    calls: list[list[str]] = []
+
+    def virsh(argv: Sequence[str], **_: Any) -> subprocess.CompletedProcess[bytes]:
+        calls.append(list(argv))
+        out = f"{state}\n" if argv[1] == "domstate" else ""
+        return subprocess.CompletedProcess(argv, 0, out.encode(), b"")
+
+    monkeypatch.setattr(subprocess, "run", virsh)
+    vms = vagrant.VagrantBackend(TOPO, root=tmp_path)
+    booted = Result(["systemctl", "is-system-running"], 0, b"running\n")
+    monkeypatch.setattr(vms, "run", lambda *a, **k: booted)
+    vms.power_on("dir0")
+    assert [c[1:] for c in calls if c[0] == "virsh"] == [["domstate", dom]] + (
+        [["start", dom]] if started else [])
