@@ -104,7 +104,7 @@ def heartbeat_timers(slowness: float = 1.0) -> Timers:
                   warntime=ms(d.warntime), initdead=ms(d.initdead))
 
 
-WARMUP_REQUESTS = 3  # measured under TCG: 294-528 ms, then 113-200, then 59-126 (steady ~50)
+WARMUP_REQUESTS = 3  # measured under TCG: 294-528 ms, then 113-167, then 59-127 (steady ~50)
 
 
 def warmup_argv(topo: Topology, host: Host, slowness: float = 1.0) -> list[str]:
