@@ -378,8 +378,10 @@ class Daemon:
                 return (*hook, str(ev.fields["to"]))
         return None
 
-    def _run(self, *argv: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(argv, input=input, capture_output=True, check=False)
+    def _run(self, *argv: str, input: bytes | None = None,
+             timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(argv, input=input, capture_output=True, check=False,
+                              timeout=timeout)
 
     def take_vip(self) -> None:
         self._cancel_drain()
@@ -488,16 +490,13 @@ class Daemon:
 
     def _run_prepare(self, commands: list[tuple[str, ...]]) -> list[dict[str, Any]]:
         """The configured ``handover_prepare`` commands, in order, each within the
-        handover window: under emulation a standby's serving path that never ran since
-        it booted answers its first requests slowly (up to a second and more seen), so
-        the lab warms it here, while the old master still serves. A failure is logged,
-        and the takeover goes on."""
+        handover window (what will serve warms up while the old master still serves);
+        what each did, for the log. A failure does not stop the takeover."""
         out = []
         for argv in commands:
             t0 = time.monotonic()
             try:
-                res = subprocess.run(argv, capture_output=True, check=False,
-                                     timeout=max(self.cfg.handover_window, 1.0))
+                res = self._run(*argv, timeout=max(self.cfg.handover_window, 1.0))
                 status: int | str = res.returncode
                 err = res.stderr.decode(errors="replace").strip()[:200]
             except subprocess.TimeoutExpired:
