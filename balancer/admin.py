@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import html
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from balancer.core import Balancer
 from balancer.scheduler import Admin
+from daemonkit import control
 
 HELP = """\
 commands:
@@ -132,32 +132,11 @@ def servers_table(snap: dict[str, Any]) -> str:
 
 async def serve_runtime_socket(bal: Balancer, path: str,
                                cluster: Cluster | None = None) -> asyncio.AbstractServer:
-    if os.path.exists(path):
-        os.unlink(path)  # a stale socket of a previous run
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    async def handle(line: str) -> str:
+        return await cluster.execute(line) if cluster else execute(bal, line)
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while line := await reader.readline():
-                text = line.decode(errors="replace")
-                try:
-                    answer = await cluster.execute(text) if cluster else execute(bal, text)
-                except Exception as e:  # a bug must still answer: never a silent success
-                    bal.log.error("runtime_command_failed", command=text.strip(),
-                                  reason=repr(e))
-                    answer = _error(f"internal error: {type(e).__name__}: {e}")
-                writer.write(answer.encode())
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    old = os.umask(0o077)
-    try:
-        return await asyncio.start_unix_server(handle, path)
-    finally:
-        os.umask(old)
+    return await control.serve(path, handle, bal.log,
+                               lambda e: _error(f"internal error: {type(e).__name__}: {e}"))
 
 
 # --- metrics -------------------------------------------------------------------------
@@ -231,17 +210,6 @@ def worker_socket(path: str, worker: int) -> str:
     return path if worker == 0 else f"{path}.w{worker}"
 
 
-async def ask(path: str, line: str, timeout: float = 2.0) -> str:
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_unix_connection(path)
-        try:
-            writer.write(line.strip().encode() + b"\n")
-            writer.write_eof()
-            return (await reader.read()).decode(errors="replace")
-        finally:
-            writer.close()
-
-
 SUMMED = ("active", "idle_pooled", "requests", "connect_errors", "response_errors", "retries",
           "redispatches", "bytes_in", "bytes_out", "downs", "checks_failed")
 FE_SUMMED = ("maxconn", "connections", "current", "requests", "bad_requests", "queued",
@@ -284,7 +252,7 @@ class Cluster:
         snaps = [self.bal.snapshot()]
         for path in self.peers:
             try:
-                snaps.append(json.loads(await ask(path, "show stat json")))
+                snaps.append(json.loads(await control.arequest(path, "show stat json")))
             except (OSError, TimeoutError, ValueError):
                 self.bal.log.warning("worker_unreachable", socket=path)
         return merge(snaps)
@@ -296,7 +264,7 @@ class Cluster:
             if not answer.startswith("error"):
                 for path in self.peers:
                     try:
-                        peer = await ask(path, line)
+                        peer = await control.arequest(path, line)
                     except (OSError, TimeoutError):
                         peer = "error: unreachable\n"
                     if not peer.startswith("server "):

@@ -62,8 +62,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.confkit import Reader
-from lab.errors import ConfigError
+from daemonkit.config import Reader
+from daemonkit.errors import ConfigError
 
 MODES = ("http", "tcp")
 ALGORITHMS = ("roundrobin", "leastconn", "source")

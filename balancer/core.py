@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import resource
 import time
 from collections.abc import Iterable
@@ -21,21 +20,14 @@ from typing import Any
 from balancer.config import Config, ServerConfig
 from balancer.health import Health, Transition
 from balancer.scheduler import Admin, Pick, Scheduler, Server, Verdict
-from lab.logs import EventLog
+from daemonkit.check import OUT_OF_FDS, TIMED_OUT, tcp_check
+from daemonkit.log import EventLog
 
 SWEEP_INTERVAL = 0.05  # timeout resolution, seconds
-TIMED_OUT = "check timeout"  # an active check's reason when the server never answered
-OUT_OF_FDS = "out of file descriptors"  # a check that could not even open its socket
 # Descriptors kept aside beyond the client and server sockets: the listeners, the admin
 # listener and its clients, the runtime socket and its clients, the log, the event loop's
 # own (epoll, signal pipe, libuv's EMFILE spare), a worker 0's questions to the others.
 FD_HEADROOM = 32
-
-
-def out_of_fds(exc: BaseException) -> bool:
-    """The process (EMFILE) or the system (ENFILE) has no file descriptor left: a connect
-    or a check that fails so says nothing about the server."""
-    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
 
 
 def fd_limit() -> int | None:
@@ -224,27 +216,13 @@ class Balancer:
         gave no answer at all within the check's timeout, ``OUT_OF_FDS`` when the check
         could not be made for lack of file descriptors."""
         h = self.config.health
-        try:
-            async with asyncio.timeout(h.timeout):
-                reader, writer = await asyncio.open_connection(server.host, server.port)
-                try:
-                    if h.check == "tcp":
-                        return True, "tcp connect ok"
-                    writer.write(
-                        f"GET {h.path} HTTP/1.1\r\nHost: {server.host}\r\n"
-                        f"User-Agent: halab-balancer-check\r\nConnection: close\r\n\r\n".encode())
-                    line = await reader.readline()
-                finally:
-                    writer.close()
-        except TimeoutError:
-            return False, TIMED_OUT
-        except ConnectionRefusedError:
-            return False, "connection refused"
-        except OSError as e:
-            if out_of_fds(e):
-                return False, OUT_OF_FDS
-            return False, e.strerror or type(e).__name__
-        parts = line.split()
+        request = None if h.check == "tcp" else (
+            f"GET {h.path} HTTP/1.1\r\nHost: {server.host}\r\n"
+            f"User-Agent: halab-balancer-check\r\nConnection: close\r\n\r\n".encode())
+        out = await tcp_check(server.host, server.port, h.timeout, request)
+        if not out.ok or request is None:
+            return out.ok, out.reason
+        parts = out.first_line.split()
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
             return False, "invalid check response"
         status = int(parts[1])

@@ -12,23 +12,12 @@ socket cannot be reached.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from collections.abc import Sequence
 
+from daemonkit import control
+
 DEFAULT_SOCKET = "/run/halab/balancer.sock"
-
-
-def send(path: str, command: str, timeout: float = 5.0) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(command.strip().encode() + b"\n")
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while data := s.recv(65536):
-            chunks.append(data)
-    return b"".join(chunks).decode(errors="replace")
 
 
 def failed(answer: str) -> bool:
@@ -48,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("balancerctl: error: no command given (try: balancerctl help)", file=sys.stderr)
         return 1
     try:
-        answer = send(args.socket, command)
+        answer = control.request(args.socket, command)
     except OSError as e:
         print(f"balancerctl: {args.socket}: {e.strerror or e}", file=sys.stderr)
         return 2

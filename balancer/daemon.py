@@ -32,10 +32,10 @@ from typing import Any
 
 from balancer import admin, config, proxy_http, proxy_tcp
 from balancer.core import Balancer, fd_limit
-from lab.daemonkit import install_loop, parse_args
-from lab.errors import ConfigError
-from lab.logs import EventLog
-from lab.sdnotify import notify
+from daemonkit.cli import install_loop, parse_args, reload_config
+from daemonkit.errors import ConfigError
+from daemonkit.log import EventLog
+from daemonkit.sdnotify import notify
 
 DEFAULT_CONFIG = "/etc/halab/balancer.toml"
 
@@ -132,10 +132,8 @@ class Daemon:
         single = self.ready_fd is None
         if single:
             notify("RELOADING=1")
-        try:
-            new = config.load(self.path)
-        except ConfigError as e:
-            self.log.error("reload_failed", reason=str(e))
+        new = reload_config(config.load, self.path, self.log)
+        if new is None:
             if single:
                 notify("READY=1")
             return
@@ -288,11 +286,8 @@ class Master:
 
     def _reload(self) -> None:
         notify("RELOADING=1")
-        try:
-            new = config.load(self.path)
-        except ConfigError as e:
-            self.log.error("reload_failed", reason=str(e))
-        else:
+        new = reload_config(config.load, self.path, self.log)
+        if new is not None:
             if new.workers != self.cfg.workers:
                 self.log.warning("workers_unchanged", note="a new worker count needs a restart")
             self.cfg = new

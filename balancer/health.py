@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from balancer.config import HealthConfig
+from daemonkit.risefall import RiseFall
 
 
 @dataclass(frozen=True)
@@ -44,15 +45,25 @@ class Health:
     def __init__(self, params: HealthConfig, error_limit: int, now: float) -> None:
         self.params = params
         self.error_limit = error_limit
-        self.up = True
+        self.checks = RiseFall(params.rise, params.fall, up=True)
         self.since = now
-        self.successes = 0  # consecutive good checks (counts while DOWN)
-        self.failures = 0  # consecutive failed checks (counts while UP)
         self.passive_errors = 0
         self.last_good: float | None = None  # real traffic's last good response
         self.inconclusive = False  # the last check timed out while traffic was answered
         self.last_check: str = "none"
         self.last_check_at: float | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.checks.up is True
+
+    @property
+    def successes(self) -> int:  # consecutive good checks (count while DOWN)
+        return self.checks.successes
+
+    @property
+    def failures(self) -> int:  # consecutive failed checks (count while UP)
+        return self.checks.failures
 
     def next_delay(self) -> float:
         p = self.params
@@ -61,9 +72,9 @@ class Health:
         return p.inter if self.up else p.downinter
 
     def _go(self, up: bool, reason: str, now: float) -> Transition:
-        self.up = up
+        self.checks.set(up)
         self.since = now
-        self.successes = self.failures = self.passive_errors = 0
+        self.passive_errors = 0
         return Transition(up, reason, now)
 
     def check_result(self, ok: bool, reason: str, now: float,
@@ -77,19 +88,10 @@ class Health:
         if self.inconclusive:
             self.last_check = f"{reason}, inconclusive: traffic was answered meanwhile"
             return None
-        if ok:
-            self.failures = 0
-            if not self.up:
-                self.successes += 1
-                if self.successes >= self.params.rise:
-                    return self._go(True, f"{self.params.rise} good checks: {reason}", now)
+        if not self.checks.result(ok):
             return None
-        self.successes = 0
-        if self.up:
-            self.failures += 1
-            if self.failures >= self.params.fall:
-                return self._go(False, f"{self.params.fall} failed checks: {reason}", now)
-        return None
+        what = f"{self.params.rise} good checks" if ok else f"{self.params.fall} failed checks"
+        return self._go(ok, f"{what}: {reason}", now)
 
     def check_inconclusive(self, reason: str, now: float) -> None:
         """A check that could not be made for a cause of the balancer's own (no file

@@ -49,8 +49,9 @@ from typing import Any, cast
 import httptools
 
 from balancer import http
-from balancer.core import Balancer, ServerRuntime, out_of_fds
+from balancer.core import Balancer, ServerRuntime
 from balancer.scheduler import Verdict
+from daemonkit.check import out_of_fds
 
 RETRY_BUFFER = 64 * 1024
 BODY_BUFFER = 64 * 1024  # body bytes held while no exchange sends them: then stop reading

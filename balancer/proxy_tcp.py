@@ -13,7 +13,8 @@ import asyncio
 import functools
 from typing import Any, cast
 
-from balancer.core import Balancer, ServerRuntime, out_of_fds
+from balancer.core import Balancer, ServerRuntime
+from daemonkit.check import out_of_fds
 
 
 class _Side(asyncio.Protocol):

@@ -65,9 +65,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemonkit.config import Reader
+from daemonkit.errors import ConfigError
 from heartbeat.fsm import Timers
-from lab.confkit import Reader
-from lab.errors import ConfigError
 
 # a track's check when its config says nothing: every 200 ms, 100 ms to answer
 TRACK_INTERVAL_MS = 200

@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from daemonkit import control
 
 DEFAULT_SOCKET = "/run/halab/heartbeat.sock"
 
 
 def ask(path: str, command: str, timeout: float = 5.0) -> Any:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(command.encode() + b"\n")
-        chunks = []
-        while data := s.recv(65536):
-            chunks.append(data)
-    return json.loads(b"".join(chunks))
+    """The daemon's answer to one command, decoded (it answers in JSON)."""
+    return json.loads(control.request(path, command, timeout))
 
 
 def render_status(st: dict[str, Any]) -> str:

@@ -42,11 +42,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from daemonkit import control
+from daemonkit.check import tcp_check
+from daemonkit.cli import install_loop, parse_args, reload_config
+from daemonkit.errors import ConfigError, DaemonError
+from daemonkit.log import EventLog
+from daemonkit.risefall import RiseFall
+from daemonkit.sdnotify import notify
 from heartbeat import config, fsm, rtnl, wire
-from lab.daemonkit import install_loop, parse_args
-from lab.errors import ConfigError, HalabError
-from lab.logs import EventLog
-from lab.sdnotify import notify
 
 DEFAULT_CONFIG = "/etc/halab/heartbeat.toml"
 EVENTS_KEPT = 500
@@ -63,12 +66,12 @@ def read_key(path: str) -> bytes:
         st = os.stat(path)
         data = Path(path).read_bytes().strip()
     except OSError as e:
-        raise HalabError(f"{path}: cannot read the key file: {e.strerror}") from None
+        raise DaemonError(f"{path}: cannot read the key file: {e.strerror}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise HalabError(f"{path}: the key file must not be accessible by group or others "
+        raise DaemonError(f"{path}: the key file must not be accessible by group or others "
                          f"(mode {stat.S_IMODE(st.st_mode):04o}; chmod 600)")
     if len(data) < 16:
-        raise HalabError(f"{path}: the key must be at least 16 bytes")
+        raise DaemonError(f"{path}: the key must be at least 16 bytes")
     return data
 
 
@@ -123,7 +126,7 @@ def find_interface(network: ipaddress.IPv4Network) -> str:
         for a in link.get("addr_info", []):
             if ipaddress.IPv4Address(a["local"]) in network and link["ifname"] != "lo":
                 return str(link["ifname"])
-    raise HalabError(f"no interface has an address in {network} (the VIP's network)")
+    raise DaemonError(f"no interface has an address in {network} (the VIP's network)")
 
 
 def multicast_socket(link: config.Link, port: int) -> socket.socket:
@@ -211,8 +214,9 @@ class Daemon:
                 sock=multicast_socket(lk, cfg.port) if lk.multicast else None,
                 local_addr=None if lk.multicast else (lk.bind, cfg.port))
             self.links[lk.name] = proto
-        control = await asyncio.start_unix_server(self.control, cfg.control_socket)
-        os.chmod(cfg.control_socket, 0o600)
+        server = await control.serve(cfg.control_socket, self.control, self.log,
+                                     lambda e: json.dumps({"error": f"internal error: {e!r}"})
+                                     + "\n")
         self.loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         self.loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -236,9 +240,7 @@ class Daemon:
                 async with asyncio.timeout(tick):
                     await self.stopping.wait()
         await self.shutdown()
-        control.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(cfg.control_socket)
+        control.close(server, cfg.control_socket)
         return 0
 
     def _realtime(self) -> None:
@@ -271,10 +273,8 @@ class Daemon:
         self.log.info("stopped", state=self.node.state.name)
 
     def reload(self) -> None:
-        try:
-            new = config.load(self.path)
-        except ConfigError as e:
-            self.log.error("reload_failed", reason=str(e))
+        new = reload_config(config.load, self.path, self.log)
+        if new is None:
             return
         if (new.links, new.vip, new.nodes, new.name) != (
                 self.cfg.links, self.cfg.vip, self.cfg.nodes, self.cfg.name):
@@ -631,27 +631,21 @@ class Daemon:
 
     # --- tracking --------------------------------------------------------------------
     async def track(self, t: config.Track) -> None:
-        fails = oks = 0
+        counts = RiseFall(t.rise, t.fall)
         while True:
             ok, reason = await self.check(t)
-            if ok:
-                oks, fails = oks + 1, 0
-                if oks == t.rise:
-                    self.perform(self.node.track(t.name, True, reason, self.loop.time()))
-            else:
-                fails, oks = fails + 1, 0
-                if fails == t.fall:
+            if counts.result(ok):
+                if not ok:
                     self.log.warning("track_failed", track=t.name, reason=reason)
-                    self.perform(self.node.track(t.name, False, reason, self.loop.time()))
+                self.perform(self.node.track(t.name, ok, reason, self.loop.time()))
             await asyncio.sleep(t.interval)
 
     async def check(self, t: config.Track) -> tuple[bool, str]:
         try:
             async with asyncio.timeout(t.timeout):
                 if t.tcp is not None:
-                    _, w = await asyncio.open_connection(*t.tcp)
-                    w.close()
-                    return True, "tcp ok"
+                    out = await tcp_check(*t.tcp, t.timeout)
+                    return out.ok, out.reason
                 assert t.command is not None
                 proc = await asyncio.create_subprocess_exec(
                     *t.command, stdout=asyncio.subprocess.DEVNULL,
@@ -673,29 +667,23 @@ class Daemon:
                    "failover_budget_ms": budget_ms(self.cfg)})
         return st
 
-    async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = (await reader.readline()).decode(errors="replace").strip()
-            now = self.loop.time()
-            if line == "status":
-                answer: Any = self.status()
-            elif line == "standby":
-                self.perform(self.node.standby(now))
-                answer = {"ok": True, "state": self.node.state.name}
-            elif line == "takeover":
-                self.perform(self.node.takeover(now))
-                answer = {"ok": True, "state": self.node.state.name}
-            elif line == "events":
-                answer = list(self.events)
-            else:
-                answer = {"error": f"unknown command {line!r}: status, standby, takeover, "
-                                   "events"}
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+    async def control(self, line: str) -> str:
+        line = line.strip()
+        now = self.loop.time()
+        answer: Any
+        if line == "status":
+            answer = self.status()
+        elif line == "standby":
+            self.perform(self.node.standby(now))
+            answer = {"ok": True, "state": self.node.state.name}
+        elif line == "takeover":
+            self.perform(self.node.takeover(now))
+            answer = {"ok": True, "state": self.node.state.name}
+        elif line == "events":
+            answer = list(self.events)
+        else:
+            answer = {"error": f"unknown command {line!r}: status, standby, takeover, events"}
+        return json.dumps(answer) + "\n"
 
 
 def budget_ms(cfg: config.Config) -> dict[str, int]:
@@ -720,14 +708,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"(detection {b['detection']} + tick {b['tick']} + VIP {b['vip_add']} "
                   f"+ ARP {b['garp']})")
             return 0
-    except (ConfigError, HalabError) as e:
+    except (ConfigError, DaemonError) as e:
         print(f"halab-heartbeat: {e}", file=sys.stderr)
         return 1
     log = EventLog("heartbeat", args.log_level)
     install_loop(log)
     try:
         return asyncio.run(Daemon(cfg, args.config, log).run())
-    except HalabError as e:
+    except DaemonError as e:
         log.error("fatal", reason=str(e))
         return 1
 

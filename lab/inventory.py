@@ -31,7 +31,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.confkit import Reader
+from daemonkit import errors as daemonkit_errors
+from daemonkit.config import Reader
 from lab.errors import ConfigError, HalabError
 from lab.topology import Topology
 
@@ -96,6 +97,13 @@ def _resolve(path: str, base: Path) -> Path:
 
 def load(path: str | Path | None, topology: Topology) -> Inventory:
     """Read and check an inventory (``path``, else ``$HALAB_INVENTORY``)."""
+    try:
+        return _load(path, topology)
+    except daemonkit_errors.ConfigError as e:  # the TOML reader's, as the lab's own
+        raise ConfigError(e.path, e.key, e.reason) from None
+
+
+def _load(path: str | Path | None, topology: Topology) -> Inventory:
     if path is None:
         path = os.environ.get(ENV)
     if not path:

@@ -9,7 +9,7 @@ import pytest
 from balancer import config
 from balancer.core import FD_HEADROOM, effective_maxconn, fd_reserve
 from balancer.daemon import main as daemon_main
-from lab.errors import ConfigError
+from daemonkit.errors import ConfigError
 
 MINIMAL = """
 [frontend]

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from balancer.ctl import send
+from daemonkit.control import request as send
 from lab.poll import wait_until
 
 from .backends import Backend, Running, config_text, free_port, running
@@ -248,7 +248,7 @@ def test_balancerctl_says_why_a_command_is_refused_and_exits_1(
             assert (p.returncode, p.stdout) == (1, ""), (words, p)
             assert p.stderr.startswith("error: ") and reason in p.stderr, (words, p.stderr)
         assert settings() == [("web0", "UP", 1), ("web1", "UP", 1)]  # nothing changed
-        assert r.alive() and "runtime_command_failed" not in r.log.read_text()
+        assert r.alive() and "control_command_failed" not in r.log.read_text()
         good = ctl(sock, "set", "server", "web0", "weight", "7")
         assert (good.returncode, good.stdout, good.stderr) == (0, "server web0 weight 7\n", "")
         assert settings() == [("web0", "UP", 7), ("web1", "UP", 1)]

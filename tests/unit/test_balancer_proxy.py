@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balancer.ctl import send
+from daemonkit.control import request as send
 from lab.poll import wait_until
 
 from .backends import Backend, Garbage, Running, config_text, free_port, raw, running

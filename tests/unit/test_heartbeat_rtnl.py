@@ -87,7 +87,7 @@ except OSError as e:
 import io
 from heartbeat import config
 from heartbeat.daemon import Daemon
-from lab.logs import EventLog
+from daemonkit.log import EventLog
 from tests.unit.test_heartbeat_wire_config import CFG
 out = io.StringIO()
 daemon = Daemon(config.loads(CFG.format(key="/k")), "hb.toml", EventLog("heartbeat", stream=out))

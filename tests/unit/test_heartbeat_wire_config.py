@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from daemonkit.errors import ConfigError, DaemonError
 from heartbeat import config, wire
 from heartbeat.daemon import budget_ms, garp_frames, main, read_key
-from lab.errors import ConfigError, HalabError
 
 KEY = b"k" * 32
 
@@ -81,14 +81,14 @@ def test_key_file_permissions(tmp_path: Path) -> None:
     key = tmp_path / "authkey"
     key.write_text("0123456789abcdef0123456789abcdef\n")
     os.chmod(key, 0o644)
-    with pytest.raises(HalabError, match="must not be accessible by group or others"):
+    with pytest.raises(DaemonError, match="must not be accessible by group or others"):
         read_key(str(key))
     os.chmod(key, 0o600)
     assert read_key(str(key)) == b"0123456789abcdef0123456789abcdef"
     short = tmp_path / "short"
     short.write_text("abc")
     os.chmod(short, 0o600)
-    with pytest.raises(HalabError, match="at least 16 bytes"):
+    with pytest.raises(DaemonError, match="at least 16 bytes"):
         read_key(str(short))
 
 

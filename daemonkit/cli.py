@@ -1,11 +1,15 @@
-"""What halab's daemons share at start: the command line and the event loop."""
+"""What halab's daemons share around their loop: the command line, the event loop, reload."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from lab.logs import EventLog
+from daemonkit.errors import ConfigError
+from daemonkit.log import EventLog
+
+T = TypeVar("T")
 
 
 def parse_args(prog: str, description: str, default_config: str,
@@ -25,3 +29,13 @@ def install_loop(log: EventLog) -> None:
         uvloop.install()
     except ImportError:
         log.warning("no_uvloop", note="running on the default asyncio loop")
+
+
+def reload_config(load: Callable[[str], T], path: str, log: EventLog) -> T | None:
+    """SIGHUP's first step: the new config, or None (logged as ``reload_failed``) when it
+    is wrong, and the daemon goes on with the one it has."""
+    try:
+        return load(path)
+    except ConfigError as e:
+        log.error("reload_failed", reason=str(e))
+        return None

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lab.errors import ConfigError
+from daemonkit.errors import ConfigError
 
 _MISSING: Any = object()
 
