@@ -26,10 +26,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.poll import wait_until
 from lab import topology as topo_mod
 from lab.backends.netns import NetnsBackend
-from lab.poll import wait_until
-from lab.supervisor import listening_ports
+from lab.backends.netns.supervisor import listening_ports
 from lab.system import env, require_programs
 from provision import provision
 from provision.web import HEALTH_PATH

@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness.traffic import vip_holders
 from lab import topology as topo_mod
 from lab.backends.netns import NetnsBackend
 from lab.system import env, require_programs
-from lab.traffic import vip_holders
 from provision import provision
 from provision.director import heartbeat_socket
 

@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness.faults import PowerLoss
+from harness.poll import wait_until
+from harness.traffic import ClientLoop, vip_holders
 from lab import topology as topo_mod
 from lab.backends.netns import NetnsBackend
-from lab.faults import PowerLoss
-from lab.poll import wait_until
 from lab.system import env, require_programs
-from lab.traffic import ClientLoop, vip_holders
 from provision import provision
 from provision.director import priority
 

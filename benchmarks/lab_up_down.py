@@ -66,7 +66,7 @@ def main() -> int:
         path = Path(tmp) / "topology.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         topo = topo_mod.load(path)
-        cli = [sys.executable, "-m", "lab.cli", "--topology", str(path)]
+        cli = [sys.executable, "-m", "halab.cli", "--topology", str(path)]
         subprocess.run([*cli, "down"], check=True, capture_output=True, env=env())
         ups, downs, bare_ups, bare_downs = [], [], [], []
         try:

@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from lab.poll import wait_until
+from harness.poll import wait_until
 
 
 def free_port() -> int:

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from lab.poll import wait_until
+from harness.poll import wait_until
 
 from .backends import Backend
 

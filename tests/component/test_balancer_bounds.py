@@ -23,7 +23,7 @@ import pytest
 
 from balancer import http
 from balancer.proxy_http import MAX_QUEUED, Request
-from lab.poll import wait_until
+from harness.poll import wait_until
 
 from .backends import Backend, Running, free_port, running
 from .rawpeers import RecordingBackend, Reply, listed, response, talk

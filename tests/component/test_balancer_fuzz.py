@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.poll import wait_until
+from harness.poll import wait_until
 
 from .backends import Running, running
 from .rawpeers import (

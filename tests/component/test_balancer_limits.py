@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from daemonkit.control import request as send
-from lab.poll import wait_until
+from harness.poll import wait_until
 
 from .backends import Backend, Running, config_text, free_port, running
 

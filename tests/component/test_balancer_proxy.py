@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemonkit.control import request as send
-from lab.poll import wait_until
+from harness.poll import wait_until
 
 from .backends import Backend, Garbage, Running, config_text, free_port, raw, running
 

@@ -69,7 +69,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.poll import wait_until
+from harness.poll import wait_until
 
 from .backends import Running, free_port, running
 from .rawpeers import (

@@ -174,7 +174,7 @@ def check_installed(tmp_path: Path, digest: str) -> Path:
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.startswith("usage: halab ")
     subprocess.run([str(venv / "bin" / "python"), "-c",
-                    "import balancer.daemon, heartbeat.daemon, lab.cli, yaml, uvloop, "
+                    "import balancer.daemon, heartbeat.daemon, halab.cli, yaml, uvloop, "
                     "httptools, rich, prometheus_client"], env=HOST_ENV, check=True)
     return site
 

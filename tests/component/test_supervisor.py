@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lab.backend import ServiceSpec
+from lab.backends.netns.supervisor import Supervisor, alive, listening_ports, proc_info
 from lab.errors import HalabError
-from lab.supervisor import Supervisor, alive, listening_ports, proc_info
 
 
 def free_port() -> int:

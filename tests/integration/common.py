@@ -7,9 +7,9 @@ import time
 
 from balancer import config as balancer_config
 from balancer.config import HealthConfig
+from harness.poll import wait_until
 from lab.backend import Backend
 from lab.errors import HalabError
-from lab.poll import wait_until
 from lab.topology import Topology
 from provision.director import BALANCER_CONFIG, balancer_socket, heartbeat_socket
 

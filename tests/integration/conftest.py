@@ -24,7 +24,9 @@ from typing import Any
 
 import pytest
 
-from lab import inventory as inv_mod
+from harness.faults import Faults
+from harness.poll import wait_until
+from harness.traffic import vip_holders
 from lab import topology as topo_mod
 from lab.backend import Backend
 from lab.backends import (
@@ -35,10 +37,8 @@ from lab.backends import (
     root_refusal,
     vagrant_lab_up,
 )
+from lab.backends.ssh import inventory as inv_mod
 from lab.errors import HalabError
-from lab.faults import Faults
-from lab.poll import wait_until
-from lab.traffic import vip_holders
 from provision import provision
 
 from .common import rejoin_budget, wait_serving, wait_state

@@ -11,10 +11,10 @@ import time
 import pytest
 
 from balancer import config as balancer_config
+from harness.traffic import ClientLoop
 from lab.backend import Backend
 from lab.system import env
 from lab.topology import Topology
-from lab.traffic import ClientLoop
 from provision.director import BALANCER_CONFIG
 
 from .common import page, servers, vip_url

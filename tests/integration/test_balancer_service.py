@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from harness.traffic import ClientLoop
 from lab.backend import Backend
 from lab.topology import Topology
-from lab.traffic import ClientLoop
 
 from .common import vip_url
 

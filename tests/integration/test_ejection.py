@@ -15,11 +15,11 @@ from collections.abc import Callable
 import pytest
 
 from balancer.config import HealthConfig
+from harness.faults import Blackhole, Fault, Faults, Refuse, SignalService, StopService
+from harness.timeline import event_times
+from harness.traffic import ClientLoop
 from lab.backend import Backend
-from lab.faults import Blackhole, Fault, Faults, Refuse, SignalService, StopService
-from lab.timeline import event_times
 from lab.topology import Topology
-from lab.traffic import ClientLoop
 
 from .common import (
     ctl,

@@ -26,15 +26,15 @@ from pathlib import Path
 
 import pytest
 
+from harness.faults import CutLinks, Faults, PowerLoss, SignalService
+from harness.poll import wait_until
+from harness.timeline import NeighWatch, Timeline, event_times
+from harness.traffic import ClientLoop, VipSample, VipSampler, vip_holders
 from heartbeat import config as hb_config
 from heartbeat import wire
 from heartbeat.fsm import Timers
 from lab.backend import Backend
-from lab.faults import CutLinks, Faults, PowerLoss, SignalService
-from lab.poll import wait_until
-from lab.timeline import NeighWatch, Timeline, event_times
 from lab.topology import Topology
-from lab.traffic import ClientLoop, VipSample, VipSampler, vip_holders
 from provision.director import AUTHKEY, HEARTBEAT_CONFIG, heartbeat_timers, priority
 
 from .common import hb, hbctl, other, vip_url

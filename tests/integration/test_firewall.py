@@ -17,9 +17,9 @@ from contextlib import ExitStack
 
 import pytest
 
+from harness.traffic import Listener, listener, ping, probe
 from lab.backend import Backend
 from lab.topology import Topology
-from lab.traffic import Listener, listener, ping, probe
 from provision import firewall
 from provision import host as ph
 

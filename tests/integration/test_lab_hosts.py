@@ -12,9 +12,9 @@ import pytest
 import testinfra
 from testinfra.host import Host
 
+from harness.traffic import vip_holders
 from lab.backend import Backend
 from lab.topology import Topology
-from lab.traffic import vip_holders
 from provision import firewall
 from provision import host as ph
 from provision.director import AUTHKEY, BALANCER_CONFIG, HEARTBEAT_CONFIG
@@ -84,7 +84,7 @@ def test_ssh_config_comes_from_the_cli(lab: Backend, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "lab.cli", "--lab", lab.kind, "--topology",
+    out = subprocess.run([sys.executable, "-m", "halab.cli", "--lab", lab.kind, "--topology",
                           str(lab.topology.source), "ssh-config"],
                          capture_output=True, text=True, check=True).stdout
     assert out == lab.ssh_config()

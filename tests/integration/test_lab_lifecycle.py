@@ -21,7 +21,7 @@ import yaml
 from lab import topology as topo_mod
 from lab.backend import Backend
 from lab.backends.netns import NETNS_ETC, RUN_ROOT, STATE_ROOT
-from lab.supervisor import alive
+from lab.backends.netns.supervisor import alive
 from lab.system import env
 from provision import provision
 
@@ -31,7 +31,7 @@ OTHER_LAB = "halabt"
 
 
 def halab(*args: str, topology: Path, kind: str = "netns") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lab.cli", "--lab", kind, "--topology",
+    return subprocess.run([sys.executable, "-m", "halab.cli", "--lab", kind, "--topology",
                            str(topology), *args],
                           capture_output=True, text=True, env=env(), timeout=120, check=False)
 

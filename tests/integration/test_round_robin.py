@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
+from harness.traffic import ClientLoop
 from lab.backend import Backend
 from lab.topology import Topology
-from lab.traffic import ClientLoop
 
 from .common import ctl, page, vip_url
 

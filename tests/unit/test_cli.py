@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 import provision
-from lab import cli, readiness, system
+from halab import cli
+from lab import system
 from lab import topology as topo_mod
 from lab.backend import Backend
 from lab.backends.netns import NetnsBackend
-from lab.backends.vagrant import VagrantBackend
+from lab.backends.vagrant import VagrantBackend, readiness
 from lab.errors import HalabError
 from provision import Progress
 

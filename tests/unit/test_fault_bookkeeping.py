@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from lab import faults as faults_mod
+from harness import faults as faults_mod
+from harness.faults import Fault, Faults
+from harness.timeline import Timeline
+from harness.traffic import ClientLoop
 from lab.backend import Backend, Result
 from lab.errors import HalabError
-from lab.faults import Fault, Faults
-from lab.timeline import Timeline
-from lab.traffic import ClientLoop
 
 
 @dataclass

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from lab import topology as topo_mod
-from lab import vmhost
 from lab.backend import Result
 from lab.backends import choose_lab, root_refusal, vagrant, vagrant_lab_up
 from lab.backends import ssh as ssh_backend
+from lab.backends.vagrant import vmhost
 from lab.errors import HalabError
 
 TOPO = topo_mod.load()

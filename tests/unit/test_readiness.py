@@ -1,5 +1,5 @@
 """What `vagrant up` says: each VM's provisioning steps as they are done, then, once,
-that the lab is ready (lab/readiness.py)."""
+that the lab is ready (lab/backends/vagrant/readiness.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import readiness
 from lab import topology as topo_mod
 from lab.backend import Result, ServiceSpec, ServiceState
 from lab.backends.netns import NetnsBackend
+from lab.backends.vagrant import readiness
 from lab.errors import HalabError
 from provision import host as ph
 from provision import provision

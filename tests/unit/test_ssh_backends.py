@@ -3,18 +3,20 @@ services, MACs, the box's inputs."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lab import box, inventory
+from harness.poll import wait_until
 from lab import topology as topo_mod
 from lab.backends import ssh as ssh_backend
 from lab.backends import vagrant
+from lab.backends.ssh import inventory
+from lab.backends.ssh.inventory import Target
+from lab.backends.vagrant import box
 from lab.errors import ConfigError, HalabError
-from lab.inventory import Target
-from lab.poll import wait_until
 from provision import director, ssh, web
 
 VENV_PYTHON = "/opt/halab/venv/bin/python"
@@ -193,7 +195,7 @@ def test_vmhost_mode_follows_the_setting_else_what_runs(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from lab import vmhost
+    from lab.backends.vagrant import vmhost
 
     monkeypatch.delenv(vmhost.MODE_ENV, raising=False)
     monkeypatch.setattr(vmhost, "running", lambda: False)
@@ -244,7 +246,7 @@ def test_down_ends_only_the_ssh_proxies_left_in_the_namespace() -> None:
     ends those, and nothing else it finds there."""
     import subprocess
 
-    from lab import vmhost
+    from lab.backends.vagrant import vmhost
 
     proxy = subprocess.Popen(["bash", "-c", "exec -a nc sleep 30"])
     other = subprocess.Popen(["sleep", "30"])
@@ -294,3 +296,14 @@ def test_provisioning_restarts_a_unit_only_when_its_inputs_changed(tmp_path: Pat
     active.unlink()  # stopped (a fault, a crash)
     assert provision(replace(spec, inputs="files-2")) == ["is-active", "restart"]
     assert provision(replace(spec, inputs="files-2")) == ["is-active"]
+
+
+def test_the_source_digest_covers_every_package_of_the_wheel() -> None:
+    """A change in any package the hosts get must build the wheelhouse again: the digest
+    reads the very packages pyproject.toml puts in the wheel."""
+    root = Path(__file__).resolve().parents[2]
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    include = data["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert sorted(p.removesuffix("*") for p in include) == sorted(ssh_backend.WHEEL_PACKAGES)
+    on_disk = {p.parent.name for p in root.glob("*/__init__.py")} - {"tests", "benchmarks"}
+    assert on_disk == set(ssh_backend.WHEEL_PACKAGES)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv" / "bin"
-HALAB = [str(VENV / "python"), "-m", "lab.cli", "--lab", "vagrant"]
+HALAB = [str(VENV / "python"), "-m", "halab.cli", "--lab", "vagrant"]
 TOX = [str(VENV / "tox"), "run", "-e", "integration", "--"]
 CARD_LINE = "halab lab: vagrant"  # what the suite's first lines must say
 HEADER_LINES = 6  # pytest's platform, cache, header hooks, rootdir... lines

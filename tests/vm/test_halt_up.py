@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 
+from harness.poll import wait_until
+from harness.traffic import ClientLoop, vip_holders
 from lab import topology as topo_mod
 from lab.backends.vagrant import VagrantBackend
-from lab.poll import wait_until
-from lab.traffic import ClientLoop, vip_holders
 from tests.integration.common import hb_state, page, vip_url, wait_serving
 
 

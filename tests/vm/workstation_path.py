@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 
-from lab import box, vmhost
 from lab import topology as topo_mod
+from lab.backends.vagrant import box, vmhost
 
 
 def step(argv: list[str], timeout: float) -> None:
@@ -34,7 +34,7 @@ def main() -> int:
     inside = ["ip", "netns", "exec", vmhost.NS, "env", "HALAB_VMHOST=system",
               f"HALAB_BOX={box.BOX_NAME}", f"VAGRANT_HOME={vmhost.VAGRANT_HOME}",
               "LIBVIRT_DEFAULT_URI=qemu:///system"]
-    step([sys.executable, "-m", "lab.cli", "--lab", "vagrant", "vagrant", "--",
+    step([sys.executable, "-m", "halab.cli", "--lab", "vagrant", "vagrant", "--",
           "destroy", "-f", host], 300)
     step([*inside, "vagrant", "up", host], 1500)  # provisioned by the trigger
     step([*inside, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

@@ -1,5 +1,5 @@
 """Real packets inside the lab, through any backend: probes, listeners and client
-loops run on lab hosts (``python -m lab.probe``, halab being installed there),
+loops run on lab hosts (``python -m harness.probe``, halab being installed there),
 and who announces the VIP is read from the directors themselves.
 
 Used by the integration suite and the benchmarks.
@@ -21,7 +21,7 @@ from lab.system import env
 
 
 def probe_argv(lab: Backend, *args: str) -> list[str]:
-    return [lab.python, "-m", "lab.probe", *args]
+    return [lab.python, "-m", "harness.probe", *args]
 
 
 def probe(lab: Backend, host: str, kind: str, addr: str, port: int,
@@ -76,7 +76,7 @@ def listener(lab: Backend, host: str, kind: str, port: int, seconds: float = 120
 
 
 class ClientLoop:
-    """Sequential HTTP requests from a lab host (``lab.probe http-loop``: a new
+    """Sequential HTTP requests from a lab host (``harness.probe http-loop``: a new
     connection each; ``keepalive``: one connection), read as they happen. A request's
     ``timeout`` is 1 s at the lab's pace (x ``Backend.slowness``) unless given."""
 

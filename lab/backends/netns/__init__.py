@@ -46,8 +46,8 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from lab.backend import Backend, HostPaths, Result, ServiceSpec, ServiceState
+from lab.backends.netns.supervisor import Supervisor, alive, reap, terminate
 from lab.errors import HalabError
-from lab.supervisor import Supervisor, alive, reap, terminate
 from lab.system import env, require_programs, require_root, run_local
 from lab.topology import Host, Interface, Topology, describe
 

@@ -1,4 +1,4 @@
-"""Real packets from inside a lab host: run as ``python -m lab.probe ...`` on a host.
+"""Real packets from inside a lab host: run as ``python -m harness.probe ...`` on a host.
 
 Clients print one word and exit 0:
   tcp ADDR PORT     open | refused | timeout | unreachable

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from lab import readiness
+from halab.status import gather, render
 from lab import topology as topo_mod
 from lab.backend import Backend
 from lab.backends import KINDS, make_backend
+from lab.backends.vagrant import readiness
 from lab.errors import HalabError
-from lab.status import gather, render
 from lab.system import env
 from lab.topology import Role
 
@@ -111,7 +111,7 @@ def cmd_up(backend: Backend) -> None:
 def cmd_provision(backend: Backend, hosts: Sequence[str] | None,
                   if_needed: bool = False) -> None:
     """Provision, saying each host's steps as they are done; on the VMs of the vagrant
-    lab, then whether every VM is now provisioned (lab/readiness.py). ``if_needed``
+    lab, then whether every VM is now provisioned (lab/backends/vagrant/readiness.py). ``if_needed``
     (the vagrant lab): a host provisioned already on this VM, in this boot, with this
     build and inputs is skipped."""
     from lab.backends.vagrant import VagrantBackend
@@ -261,7 +261,7 @@ def dispatch(args: argparse.Namespace) -> int:
               f"{len(t.hosts)} hosts {roles}, VIP {t.vip.address}")
         return 0
     if args.cmd == "box":
-        from lab import box
+        from lab.backends.vagrant import box
 
         print(box.build(force=args.force))
         return 0

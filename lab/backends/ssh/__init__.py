@@ -2,7 +2,7 @@
 over SSH with fabric; and the base of the vagrant backend, whose VMs are reached the
 same way.
 
-``--lab ssh --inventory FILE`` (lab/inventory.py says how SSH reaches each host of
+``--lab ssh --inventory FILE`` (lab/backends/ssh/inventory.py says how SSH reaches each host of
 the topology): ``halab up`` checks that every host answers and provisions them with
 the same provision/ code as every other backend.
 
@@ -51,10 +51,10 @@ from pathlib import Path
 from typing import Any
 
 import provision
-from lab import inventory as inv_mod
 from lab.backend import Backend, HostPaths, Result, ServiceSpec, ServiceState
+from lab.backends.ssh import inventory as inv_mod
+from lab.backends.ssh.inventory import Inventory, Target
 from lab.errors import HalabError
-from lab.inventory import Inventory, Target
 from lab.system import run_local
 from lab.topology import Topology
 
@@ -105,11 +105,15 @@ def checkout_root() -> Path:
                      "run from the checkout (or set HALAB_SOURCE)")
 
 
+# the packages of halab's wheel (pyproject.toml's packages.find.include, a unit test says)
+WHEEL_PACKAGES = ("daemonkit", "balancer", "heartbeat", "lab", "provision", "harness", "halab")
+
+
 def source_digest(root: Path) -> str:
     """What a wheel of the checkout at ``root`` is built from."""
     h = hashlib.sha256()
     files = [root / "pyproject.toml", *sorted(
-        f for pkg in ("lab", "provision", "balancer", "heartbeat")
+        f for pkg in WHEEL_PACKAGES
         for f in (root / pkg).rglob("*") if f.is_file() and "__pycache__" not in f.parts)]
     for f in files:
         h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.traffic import ClientLoop
 from lab.backend import Backend
 from lab.system import env
-from lab.traffic import ClientLoop
 
 LOG_LINE = re.compile(r"^(\S+Z) level=\S+ daemon=(\S+) event=(\S+)\s*(.*)$")
 FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')

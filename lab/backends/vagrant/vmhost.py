@@ -38,8 +38,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lab.backends.netns.supervisor import alive
 from lab.errors import HalabError
-from lab.supervisor import alive
 from lab.system import env, require_programs, require_root, run_local
 
 NS = "halabvm"

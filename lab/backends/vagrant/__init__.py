@@ -6,7 +6,7 @@ libvirtd is the machine's own (a workstation) or, on this kind of machine, halab
 own in the ``halabvm`` network namespace with Vagrant and the VMs' networks; SSH
 then reaches the VMs' management addresses through it (``ProxyCommand ip netns
 exec halabvm nc``), so nothing of the lab touches the root namespace (see
-lab/vmhost.py: ``HALAB_VMHOST``).
+lab/backends/vagrant/vmhost.py: ``HALAB_VMHOST``).
 
 * ``up``: libvirtd, the box (built offline and registered when it changed), the
   VMs (``vagrant up --parallel``). The Vagrantfile's trigger provisions each VM
@@ -43,10 +43,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lab import box, inventory, readiness, vmhost
-from lab.backends.ssh import SshBackend
+from lab.backends.ssh import SshBackend, inventory
+from lab.backends.ssh.inventory import Target
+from lab.backends.vagrant import box, readiness, vmhost
 from lab.errors import HalabError
-from lab.inventory import Target
 from lab.topology import Topology
 
 PUBLIC_BOX = "debian/bookworm64"
@@ -112,7 +112,7 @@ class VagrantBackend(SshBackend):
         e = vmhost.vm_env()
         e.update(HALAB_VM_DRIVER=self.driver, HALAB_TOPOLOGY=str(self.topology.source),
                  HALAB_BOX=box_name(),
-                 HALAB_CLI=f"{sys.executable} -m lab.cli")  # what the trigger runs
+                 HALAB_CLI=f"{sys.executable} -m halab.cli")  # what the trigger runs
         return e
 
     def vagrant_interactive(self, args: Sequence[str]) -> int:
