@@ -68,9 +68,9 @@ class ServiceSpec:
     """A long-running daemon on a host, run in the foreground.
 
     ``argv`` is what a supervisor runs; ``unit`` is the systemd unit that
-    plays the same part on a VM: one of halab's (provision/units), or the
-    system's own (ssh.service, run with the lab's config); None: a unit is
-    rendered from ``argv``. The service counts as ready once it listens
+    plays the same part on a VM: one of halab's, whose text ``unit_text`` carries, or
+    the system's own (ssh.service, run with the lab's config: no text); None: a unit
+    is rendered from ``argv``. The service counts as ready once it listens
     on every TCP port in ``listens`` and ``ready_path`` (a socket, say) exists.
     ``reads``: the files it reads when it starts (its configuration); ``inputs``
     fingerprints them as provisioning writes them: a running service started with
@@ -82,6 +82,7 @@ class ServiceSpec:
     argv: tuple[str, ...]
     listens: tuple[int, ...] = ()
     unit: str | None = None
+    unit_text: str | None = None
     ready_path: str | None = None
     reads: tuple[str, ...] = ()
     inputs: str = ""
@@ -225,8 +226,8 @@ class Backend(abc.ABC):
         """The log file of a service, as a path on the host."""
 
     @abc.abstractmethod
-    def enable_at_boot(self, host: str, unit: str) -> None:
-        """Have a unit of provision/units run at every boot of ``host``."""
+    def enable_at_boot(self, host: str, unit: str, text: str) -> None:
+        """Have ``unit`` (its text: ``text``) run at every boot of ``host``."""
 
     # Whether ``up()`` provisions the hosts itself (Vagrant's triggers do, each VM as it
     # comes up); otherwise ``halab up`` provisions once ``up()`` returns.

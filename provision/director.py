@@ -13,7 +13,7 @@ from heartbeat import config as hb_config
 from heartbeat.fsm import Timers
 from lab.backend import HostPaths, ServiceSpec
 from lab.topology import Host, Topology
-from provision import web
+from provision import units, web
 
 BALANCER_CONFIG = "/etc/halab/balancer.toml"
 HEARTBEAT_CONFIG = "/etc/halab/heartbeat.toml"
@@ -76,6 +76,7 @@ def balancer_service(topo: Topology, python: str) -> ServiceSpec:
         argv=(python, "-m", "balancer", "-f", BALANCER_CONFIG),
         listens=(topo.ports.http, topo.ports.admin),
         unit="halab-balancer.service",
+        unit_text=units.text("halab-balancer.service"),
         reads=(BALANCER_CONFIG,),
     )
 
@@ -177,5 +178,6 @@ def heartbeat_service(paths: HostPaths, python: str) -> ServiceSpec:
         argv=(python, "-m", "heartbeat", "-f", HEARTBEAT_CONFIG),
         ready_path=heartbeat_socket(paths),
         unit="halab-heartbeat.service",
+        unit_text=units.text("halab-heartbeat.service"),
         reads=(HEARTBEAT_CONFIG, AUTHKEY),
     )

@@ -32,7 +32,7 @@ from pathlib import Path
 from lab.backend import Backend, HostPaths, ServiceSpec
 from lab.errors import HalabError
 from lab.topology import Host, Role, Topology
-from provision import director, firewall, ssh, web
+from provision import director, firewall, ssh, units, web
 
 SYSCTL_FILE = "/etc/sysctl.d/60-halab.conf"
 IPTABLES_FILE = "/etc/halab/iptables.rules"
@@ -86,7 +86,7 @@ class HostPlan:
     commands: tuple[tuple[str, ...], ...]
     services: tuple[ServiceSpec, ...] = field(default=())
     # units (provision/units) that redo the commands at every boot, where hosts boot
-    at_boot: tuple[str, ...] = field(default=())
+    at_boot: tuple[tuple[str, str], ...] = field(default=())  # (unit, its text)
     # hosts of one rolling group start (or restart) their services one at a time,
     # even when provisioned at once: the director pair, the web tier
     rolling: str = ""
@@ -164,7 +164,7 @@ def plan_host(topo: Topology, host: Host, paths: HostPaths, keys: LabKeys,
     return HostPlan(host.name, tuple(files), tuple(commands),
                     tuple(replace(s, inputs=fingerprint([f for f in files if f.path in s.reads]))
                           for s in services),
-                    at_boot=(FIREWALL_UNIT,),
+                    at_boot=((FIREWALL_UNIT, units.text(FIREWALL_UNIT)),),
                     rolling="" if host.role is Role.CLIENT else host.role.value)
 
 
@@ -191,8 +191,8 @@ def apply(backend: Backend, plan: HostPlan, progress: Progress = silent) -> None
     t0 = time.monotonic()
     for argv in plan.commands:
         backend.run(host, argv)
-    for unit in plan.at_boot:
-        backend.enable_at_boot(host, unit)
+    for unit, text in plan.at_boot:
+        backend.enable_at_boot(host, unit, text)
     checked = ", configs checked" if any("--check" in argv for argv in plan.commands) else ""
     progress(host, f"kernel settings and firewall applied{checked} {_since(t0)}")
     waiting = f"services: waiting for the other {plan.rolling} host to finish (one at a time)"

@@ -195,7 +195,7 @@ def test_files_are_written_before_commands_run(tmp_path: Path) -> None:
         def run(self, host: str, argv: tuple[str, ...]) -> None:
             calls.append(f"run {argv[0]}")
 
-        def enable_at_boot(self, host: str, unit: str) -> None:
+        def enable_at_boot(self, host: str, unit: str, text: str) -> None:
             calls.append(f"boot {unit}")
 
         def start_service(self, host: str, spec: object) -> None:
@@ -247,7 +247,7 @@ def test_the_director_pair_and_the_web_tier_restart_one_host_at_a_time(tmp_path:
 
         def put_files(self, host: str, files: object) -> None: ...
         def run(self, host: str, argv: object) -> None: ...
-        def enable_at_boot(self, host: str, unit: str) -> None: ...
+        def enable_at_boot(self, host: str, unit: str, text: str) -> None: ...
 
         def start_service(self, host: str, spec: object) -> None:
             group = plan(host).rolling

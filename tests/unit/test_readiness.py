@@ -65,7 +65,7 @@ class Recording(NetnsBackend):
         self.calls.append(f"run {argv[0]}")
         return Result(list(argv), 0)
 
-    def enable_at_boot(self, host: str, unit: str) -> None:
+    def enable_at_boot(self, host: str, unit: str, text: str) -> None:
         self.calls.append(f"boot {unit}")
 
     def start_service(self, host: str, spec: ServiceSpec) -> ServiceState:

@@ -262,7 +262,7 @@ class NetnsBackend(Backend):
                          ) -> None:
         require_programs(programs)  # the hosts share this machine's programs
 
-    def enable_at_boot(self, host: str, unit: str) -> None:
+    def enable_at_boot(self, host: str, unit: str, text: str) -> None:
         """A namespace never boots: what provisioning applied stays until `down`."""
 
     def command(self, host: str, argv: Sequence[str]) -> list[str]:

@@ -15,7 +15,7 @@ the same provision/ code as every other backend.
   into a new venv swapped in at /opt/halab/venv, its programs linked into
   /usr/local/bin; a host of another Python gets pip's install, from its own index for
   what the wheelhouse has not for it
-* services are systemd units: halab's own from provision/units, others rendered
+* services are systemd units: halab's own as the service spec carries them, others rendered
   from the service's argv (``halab-NAME.service``, the distribution's unit of the
   same program disabled), sshd is the system's ssh.service with the lab's config;
   logs are the journal's
@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import provision
 from lab.backend import Backend, HostPaths, Result, ServiceSpec, ServiceState
 from lab.backends.ssh import inventory as inv_mod
 from lab.backends.ssh.inventory import Inventory, Target
@@ -58,7 +57,6 @@ from lab.errors import HalabError
 from lab.system import run_local
 from lab.topology import Topology
 
-UNITS = Path(provision.__file__).parent / "units"
 VENV = "/opt/halab/venv"
 # PyPA's wheel installer (pure Python, installed here with halab's `vm`/`test` extras),
 # zipped from this machine's copy into the wheelhouse for the hosts: without pip
@@ -310,10 +308,8 @@ def distro_unit(spec: ServiceSpec) -> str:
 
 def unit_for(spec: ServiceSpec) -> tuple[str, str | None]:
     """(unit name, unit text to install, or None for the system's own unit)."""
-    if spec.unit and (UNITS / spec.unit).exists():
-        return spec.unit, (UNITS / spec.unit).read_text()
     if spec.unit:
-        return spec.unit, None
+        return spec.unit, spec.unit_text
     return f"halab-{spec.name}.service", render_unit(spec)
 
 
@@ -706,8 +702,8 @@ class SshBackend(Backend):
         self._wait_ready(host, spec)
         return self._state(host, spec.name, unit)
 
-    def enable_at_boot(self, host: str, unit: str) -> None:
-        self._install_unit(host, unit, (UNITS / unit).read_text())
+    def enable_at_boot(self, host: str, unit: str, text: str) -> None:
+        self._install_unit(host, unit, text)
 
     def _install_unit(self, host: str, unit: str, text: str | None, then: str = "",
                       files: Sequence[tuple[str, bytes | str, int]] = (),
