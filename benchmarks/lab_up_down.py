@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from lab import topology as topo_mod
-from lab.backends import netns
+from lab.backends.netns import plan as netns
 from lab.system import env
 
 BENCH_LAB = "halabb"
