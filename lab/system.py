@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from lab.errors import HalabError
 
@@ -86,3 +88,29 @@ def run_local(argv: Sequence[str], *, input: bytes | None = None, check: bool = 
         err = proc.stderr.decode(errors="replace").strip().replace("\n", " | ")
         raise HalabError(f"`{' '.join(argv)}` failed (exit {proc.returncode}): {err}")
     return proc
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    state: str  # R, S, D, Z, ...
+    start: int  # clock ticks since boot
+
+
+def proc_info(pid: int) -> ProcInfo | None:
+    """The process's state and start time, or None if there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm may contain spaces and parentheses: split after the last ')'.
+    rest = raw[raw.rindex(")") + 2:].split()
+    return ProcInfo(pid=pid, state=rest[0], start=int(rest[19]))
+
+
+def alive(pid: int, start: int | None = None) -> bool:
+    """True if ``pid`` runs (not a zombie) and, if given, started at ``start``."""
+    info = proc_info(pid)
+    if info is None or info.state in ("Z", "X"):
+        return False
+    return start is None or info.start == start

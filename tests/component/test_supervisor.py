@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from lab.backend import ServiceSpec
-from lab.backends.netns.supervisor import Supervisor, alive, listening_ports, proc_info
+from lab.backends.netns.supervisor import Supervisor, listening_ports
 from lab.errors import HalabError
+from lab.system import alive, proc_info
 
 
 def free_port() -> int:

@@ -21,8 +21,7 @@ import yaml
 from lab import topology as topo_mod
 from lab.backend import Backend
 from lab.backends.netns import NETNS_ETC, RUN_ROOT, STATE_ROOT
-from lab.backends.netns.supervisor import alive
-from lab.system import env
+from lab.system import alive, env
 from provision import provision
 
 pytestmark = pytest.mark.integration

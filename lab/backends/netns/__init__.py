@@ -60,9 +60,9 @@ from lab.backends.netns.plan import (
     switch_namespace,
     switch_port,
 )
-from lab.backends.netns.supervisor import Supervisor, alive, reap, terminate
+from lab.backends.netns.supervisor import Supervisor, reap, terminate
 from lab.errors import HalabError
-from lab.system import env, require_programs, require_root, run_local
+from lab.system import alive, env, require_programs, require_root, run_local
 from lab.topology import Topology, describe
 
 # --- the backend ---------------------------------------------------------------

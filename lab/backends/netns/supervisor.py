@@ -22,42 +22,16 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from lab.backend import ServiceSpec, ServiceState
 from lab.errors import HalabError
+from lab.system import alive, proc_info
 
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 POLL = 0.01
 TCP_LISTEN = "0A"
-
-
-@dataclass(frozen=True)
-class ProcInfo:
-    pid: int
-    state: str  # R, S, D, Z, ...
-    start: int  # clock ticks since boot
-
-
-def proc_info(pid: int) -> ProcInfo | None:
-    """The process's state and start time, or None if there is no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # comm may contain spaces and parentheses: split after the last ')'.
-    rest = raw[raw.rindex(")") + 2:].split()
-    return ProcInfo(pid=pid, state=rest[0], start=int(rest[19]))
-
-
-def alive(pid: int, start: int | None = None) -> bool:
-    """True if ``pid`` runs (not a zombie) and, if given, started at ``start``."""
-    info = proc_info(pid)
-    if info is None or info.state in ("Z", "X"):
-        return False
-    return start is None or info.start == start
 
 
 def reap(pid: int) -> None:

@@ -38,9 +38,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lab.backends.netns.supervisor import alive
 from lab.errors import HalabError
-from lab.system import env, require_programs, require_root, run_local
+from lab.system import alive, env, require_programs, require_root, run_local
 
 NS = "halabvm"
 RUN = Path("/run/halab/vm")
