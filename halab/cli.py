@@ -167,7 +167,7 @@ def provision_inputs(vms: VagrantBackend) -> dict[str, str]:
     keys. Not where libvirtd runs (which decides the VMs' clock setup): a VM lives in
     one libvirtd all its life, whichever way halab reaches it (CI's workstation path
     reaches halab's own as the system's), so for the same VM it never changes."""
-    from lab.backends.ssh import source_digest
+    from lab.backends.ssh.deploy import source_digest
 
     source = vms.topology.source
     try:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from lab.backends import ssh as ssh_backend
-from lab.backends.ssh import WheelTarget, glibc_needed, takes_wheels, wheels_target
+from lab.backends.ssh import deploy as ssh_deploy
+from lab.backends.ssh.deploy import WheelTarget, glibc_needed, takes_wheels, wheels_target
 from lab.topology import load as load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +112,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         # older build left beside the new ones (pip wheel added, never removed)
         old = lab.control_dir / "wheels"
         old.mkdir()
-        (old / "source.sha256").write_text(ssh_backend.source_digest(ROOT))
+        (old / "source.sha256").write_text(ssh_deploy.source_digest(ROOT))
         (old / STALE).write_bytes(b"")
         wheels = lab._wheelhouse()
         stamp = (wheels / "source.sha256").stat()
@@ -133,7 +134,7 @@ def test_the_wheelhouse_is_one_build(wheelhouse: Path) -> None:
     # the installer, from this machine's (no index needed: Vagrant's trigger may have
     # none), importable from its zip
     assert "installer" not in projects
-    zipped = str(wheelhouse / ssh_backend.INSTALLER_ZIP)
+    zipped = str(wheelhouse / ssh_deploy.INSTALLER_ZIP)
     found = subprocess.run([str(HOST_PYTHON), "-c", "import installer; print(installer.__file__)"],
                            env={**HOST_ENV, "PYTHONPATH": zipped},
                            capture_output=True, text=True, check=True).stdout
@@ -144,8 +145,8 @@ def install(tmp_path: Path, wheels: Path, target: WheelTarget | None,
             digest: str) -> subprocess.CompletedProcess[str]:
     """The script a host runs, from the archive of the wheels a host gets."""
     tar = tmp_path / ".halab-wheels.tar"
-    tar.write_bytes(ssh_backend.wheel_tar(wheels))
-    script = ssh_backend.install_script(
+    tar.write_bytes(ssh_deploy.wheel_tar(wheels))
+    script = ssh_deploy.install_script(
         str(tmp_path / "opt" / "venv"), str(tmp_path / "wheels"), digest, target,
         tar=str(tar), bin_dir=str(tmp_path / "bin"), dirs=[str(tmp_path / "run")])
     done = subprocess.run(["sh", "-c", script], env=HOST_ENV, capture_output=True, text=True,
@@ -164,7 +165,7 @@ def check_installed(tmp_path: Path, digest: str) -> Path:
     assert not list(site.rglob("*.pyc"))  # nothing compiled: Python does, on import
     assert not list(site.glob("installer*"))  # the installer is no part of halab
     # the programs, linked where a host's PATH finds them: their shebang the final path
-    for program in ssh_backend.PROGRAMS:
+    for program in ssh_deploy.PROGRAMS:
         link = tmp_path / "bin" / program
         assert os.readlink(link) == f"{venv}/bin/{program}"
         assert link.read_text().startswith(f"#!{venv}/bin/python\n")
@@ -182,7 +183,7 @@ def check_installed(tmp_path: Path, digest: str) -> Path:
 def test_the_wheels_install_without_pip_into_a_new_venv_swapped_in(
         tmp_path: Path, wheelhouse: Path) -> None:
     names = [w.name for w in wheelhouse.glob("*.whl")]
-    assert (wheelhouse / ssh_backend.INSTALLER_ZIP).is_file()
+    assert (wheelhouse / ssh_deploy.INSTALLER_ZIP).is_file()
     assert sum(n.startswith("halab-") for n in names) == 1
     target = wheels_target(names)
     assert target is not None
@@ -243,8 +244,8 @@ def test_a_failed_install_leaves_the_venv_in_place(tmp_path: Path, wheelhouse: P
     aside.mkdir(parents=True)
     (aside / "wheels.sha256").write_text("build-0\n")
     tar = tmp_path / ".halab-wheels.tar"
-    tar.write_bytes(ssh_backend.wheel_tar(broken))
-    script = ssh_backend.install_script(
+    tar.write_bytes(ssh_deploy.wheel_tar(broken))
+    script = ssh_deploy.install_script(
         str(tmp_path / "opt" / "venv"), str(tmp_path / "wheels"), "build-1", target,
         tar=str(tar), bin_dir=str(tmp_path / "bin"))
     done = subprocess.run(["sh", "-c", script], env=HOST_ENV, capture_output=True, text=True,

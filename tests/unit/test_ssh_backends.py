@@ -13,7 +13,9 @@ from harness.poll import wait_until
 from lab import topology as topo_mod
 from lab.backends import ssh as ssh_backend
 from lab.backends import vagrant
+from lab.backends.ssh import deploy as ssh_deploy
 from lab.backends.ssh import inventory
+from lab.backends.ssh import systemd as ssh_systemd
 from lab.backends.ssh.inventory import Target
 from lab.backends.vagrant import box
 from lab.errors import ConfigError, HalabError
@@ -45,17 +47,17 @@ known_hosts = "trusted/known_hosts"
 
 def test_halab_units_ship_with_provision() -> None:
     topo = topo_mod.load()
-    unit, text = ssh_backend.unit_for(director.balancer_service(topo, VENV_PYTHON))
+    unit, text = ssh_systemd.unit_for(director.balancer_service(topo, VENV_PYTHON))
     assert unit == "halab-balancer.service"
     assert text is not None and "Type=notify" in text
 
 
 def test_sshd_is_the_systems_own_unit() -> None:
-    assert ssh_backend.unit_for(ssh.sshd_service(topo_mod.load())) == ("ssh.service", None)
+    assert ssh_systemd.unit_for(ssh.sshd_service(topo_mod.load())) == ("ssh.service", None)
 
 
 def test_other_services_get_a_unit_rendered_from_their_argv() -> None:
-    unit, text = ssh_backend.unit_for(web.nginx_service(topo_mod.load()))
+    unit, text = ssh_systemd.unit_for(web.nginx_service(topo_mod.load()))
     assert unit == "halab-nginx.service" and text is not None
     assert "ExecStart=nginx -e stderr -g 'daemon off;' -c /etc/nginx/nginx.conf" in text
     assert "RuntimeDirectory=halab" in text  # its pidfile lives in /run/halab
@@ -282,7 +284,7 @@ def test_provisioning_restarts_a_unit_only_when_its_inputs_changed(tmp_path: Pat
 
     def provision(s: Any) -> list[str]:
         log.write_text("")
-        script = ssh_backend.restart_unless_started(s, "halab-balancer.service", "[Unit]\n",
+        script = ssh_systemd.restart_unless_started(s, "halab-balancer.service", "[Unit]\n",
                                                     str(services), str(venv))
         subprocess.run(["sh", "-c", script], check=True, timeout=10,
                        env={"PATH": f"{bin_}:/usr/bin:/bin"})
@@ -304,6 +306,6 @@ def test_the_source_digest_covers_every_package_of_the_wheel() -> None:
     root = Path(__file__).resolve().parents[2]
     data = tomllib.loads((root / "pyproject.toml").read_text())
     include = data["tool"]["setuptools"]["packages"]["find"]["include"]
-    assert sorted(p.removesuffix("*") for p in include) == sorted(ssh_backend.WHEEL_PACKAGES)
+    assert sorted(p.removesuffix("*") for p in include) == sorted(ssh_deploy.WHEEL_PACKAGES)
     on_disk = {p.parent.name for p in root.glob("*/__init__.py")} - {"tests", "benchmarks"}
-    assert on_disk == set(ssh_backend.WHEEL_PACKAGES)
+    assert on_disk == set(ssh_deploy.WHEEL_PACKAGES)
