@@ -5,12 +5,15 @@ namespaces on this machine, libvirt VMs, real hosts over SSH) and offers the
 few verbs that provisioning, the CLI and the tests need, in the spirit of
 pytest-testinfra's small backend classes:
 
-* ``up()`` / ``down()``: bring the hosts and networks up, tear everything down
-* ``run(host, argv)``: run a command on a host and collect its output
-* ``put_file`` / ``read_file``: files as the host itself sees them
-  (``/etc/nginx/nginx.conf`` means that host's nginx.conf)
-* ``paths(host)``: the host's run/log/state directories
-* ``start_service`` / ``stop_service`` / ``services``: supervised daemons
+* ``Transport``, the core: ``run(host, argv)`` (written once, over each backend's
+  ``execute``), ``put_file`` / ``read_file`` (files as the host itself sees them:
+  ``/etc/nginx/nginx.conf`` means that host's nginx.conf), ``paths(host)`` (the
+  host's run/log/state directories)
+* ``Services``: ``start_service`` / ``stop_service`` / ``services``: supervised daemons
+* ``Links`` and ``Power``: the faults a backend makes as the hardware would (cables
+  pulled, power lost), each realized its own way
+* ``Backend`` brings them together with ``up()`` / ``down()``: bring the hosts and
+  networks up, tear everything down
 
 Provisioning is written once against this interface and is the same for
 every backend.
@@ -115,8 +118,130 @@ class Result:
         return self.returncode == 0
 
 
-class Backend(abc.ABC):
-    """What every lab backend provides."""
+class Transport(abc.ABC):
+    """The core every backend has: run a command on a host, put and read its files.
+
+    ``run`` is written once, here: a backend says how a command reaches a host
+    (``execute``: a namespace's ``ip netns exec``, an SSH session), ``run`` checks it.
+    """
+
+    @abc.abstractmethod
+    def execute(self, host: str, argv: Sequence[str], *, input: bytes | None,
+                timeout: float) -> Result:
+        """Run ``argv`` on ``host`` once; HalabError if it could not be run or took longer
+        than ``timeout`` (a failing command is a Result, not an error)."""
+
+    def run(
+        self,
+        host: str,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        check: bool = True,
+        timeout: float = 30.0,
+    ) -> Result:
+        """Run ``argv`` on ``host``; raise HalabError if ``check`` and it fails."""
+        res = self.execute(host, argv, input=input, timeout=timeout)
+        if check and not res.ok:
+            err = res.stderr.decode(errors="replace").strip().replace("\n", " | ")
+            raise HalabError(f"{host}: `{' '.join(argv)}` failed (exit {res.returncode}): {err}")
+        return res
+
+    def run_timed(self, host: str, argv: Sequence[str], *, input: str | None = None,
+                  timeout: float = 30.0) -> float:
+        """Run ``argv`` on ``host`` (checked, output dropped); return the host's clock
+        (epoch s) when it acted: when a fault made this way took effect, which a
+        command's round trip (an SSH one takes a second under TCG) would blur if timed
+        here. With ``input``, the command is started first and the clock read once it
+        waits for its input, just before it is given: its start (under TCG several
+        hundred ms for `ip`) is not counted. Without, the clock is read just before
+        the command (a bash builtin such as ``kill`` runs as such, no process)."""
+        res = self.run(host, ["bash", "-c", _TIMED, "bash", input or "", *argv],
+                       timeout=timeout)
+        return float(res.text.split()[-1])
+
+    @abc.abstractmethod
+    def command(self, host: str, argv: Sequence[str]) -> list[str]:
+        """The local argv that runs ``argv`` on ``host`` with inherited stdio."""
+
+    @abc.abstractmethod
+    def put_file(self, host: str, path: str, content: bytes | str, mode: int = 0o644) -> None:
+        """Write a file on ``host`` (parents are created)."""
+
+    def put_files(self, host: str, files: Sequence[tuple[str, bytes | str, int]]) -> None:
+        """Write several files (path, content, mode) on ``host``; a backend whose every
+        command is a round trip sends them in one go."""
+        for path, content, mode in files:
+            self.put_file(host, path, content, mode)
+
+    @abc.abstractmethod
+    def read_file(self, host: str, path: str) -> bytes:
+        """Read a file as ``host`` sees it."""
+
+    @abc.abstractmethod
+    def paths(self, host: str) -> HostPaths:
+        """The host's run/log/state directories."""
+
+
+class Services(abc.ABC):
+    """Supervised daemons on a host: started until ready, stopped gracefully, listed."""
+
+    @abc.abstractmethod
+    def start_service(self, host: str, spec: ServiceSpec) -> ServiceState:
+        """Start a service unless it runs with the same spec (a running one whose spec
+        or inputs changed is restarted); return once it is ready."""
+
+    @abc.abstractmethod
+    def stop_service(self, host: str, name: str) -> float | None:
+        """Stop a service gracefully (SIGTERM, then SIGKILL after a deadline). Returns
+        as ``set_links`` does: when the stop began by the host's clock, or None."""
+
+    @abc.abstractmethod
+    def services(self, host: str) -> list[ServiceState]:
+        """The state of every service known on ``host``."""
+
+    @abc.abstractmethod
+    def restart_service(self, host: str, name: str) -> ServiceState:
+        """Stop and start a known service again."""
+
+    @abc.abstractmethod
+    def service_log(self, host: str, name: str) -> Path:
+        """The log file of a service, as a path on the host."""
+
+    @abc.abstractmethod
+    def enable_at_boot(self, host: str, unit: str, text: str) -> None:
+        """Have ``unit`` (its text: ``text``) run at every boot of ``host``."""
+
+
+class Links(abc.ABC):
+    """A host's cables: cut and plugged back."""
+
+    @abc.abstractmethod
+    def set_links(self, host: str, up: bool, networks: Sequence[str] | None = None
+                  ) -> float | None:
+        """Cut (or restore) the host's links, all or those on ``networks``: its cables.
+        Returns when that happened by the host's clock (epoch s) where it happens there,
+        long after the call under emulation; None: at the call (a cable pulled here)."""
+
+
+
+class Power(abc.ABC):
+    """A host's power: lost at once (no goodbye), and back (a boot)."""
+
+    @abc.abstractmethod
+    def power_off(self, host: str) -> float | None:
+        """Power loss: links cut first, then every process killed at once (no goodbye).
+        Returns as ``set_links`` does."""
+
+    @abc.abstractmethod
+    def power_on(self, host: str) -> None:
+        """Boot again: links up, only the configured addresses, services started."""
+
+
+class Backend(Transport, Services, Links, Power):
+    """A lab: its hosts made from the topology (up, down), reached through the parts
+    above, and what the operator and the suite need of it (an ssh_config, halab on the
+    hosts)."""
 
     kind: str = "abstract"
     # Where the controller keeps the lab's own files (operator key, snapshots).
@@ -156,84 +281,11 @@ class Backend(abc.ABC):
     def is_up(self) -> bool:
         """Whether the lab's hosts exist."""
 
-    @abc.abstractmethod
-    def run(
-        self,
-        host: str,
-        argv: Sequence[str],
-        *,
-        input: bytes | None = None,
-        check: bool = True,
-        timeout: float = 30.0,
-    ) -> Result:
-        """Run ``argv`` on ``host``; raise HalabError if ``check`` and it fails."""
-
-    def run_timed(self, host: str, argv: Sequence[str], *, input: str | None = None,
-                  timeout: float = 30.0) -> float:
-        """Run ``argv`` on ``host`` (checked, output dropped); return the host's clock
-        (epoch s) when it acted: when a fault made this way took effect, which a
-        command's round trip (an SSH one takes a second under TCG) would blur if timed
-        here. With ``input``, the command is started first and the clock read once it
-        waits for its input, just before it is given: its start (under TCG several
-        hundred ms for `ip`) is not counted. Without, the clock is read just before
-        the command (a bash builtin such as ``kill`` runs as such, no process)."""
-        res = self.run(host, ["bash", "-c", _TIMED, "bash", input or "", *argv],
-                       timeout=timeout)
-        return float(res.text.split()[-1])
-
-    @abc.abstractmethod
-    def command(self, host: str, argv: Sequence[str]) -> list[str]:
-        """The local argv that runs ``argv`` on ``host`` with inherited stdio."""
-
-    @abc.abstractmethod
-    def put_file(self, host: str, path: str, content: bytes | str, mode: int = 0o644) -> None:
-        """Write a file on ``host`` (parents are created)."""
-
-    def put_files(self, host: str, files: Sequence[tuple[str, bytes | str, int]]) -> None:
-        """Write several files (path, content, mode) on ``host``; a backend whose every
-        command is a round trip sends them in one go."""
-        for path, content, mode in files:
-            self.put_file(host, path, content, mode)
-
-    @abc.abstractmethod
-    def read_file(self, host: str, path: str) -> bytes:
-        """Read a file as ``host`` sees it."""
-
-    @abc.abstractmethod
-    def paths(self, host: str) -> HostPaths:
-        """The host's run/log/state directories."""
-
-    @abc.abstractmethod
-    def start_service(self, host: str, spec: ServiceSpec) -> ServiceState:
-        """Start a service unless it runs with the same spec (a running one whose spec
-        or inputs changed is restarted); return once it is ready."""
-
-    @abc.abstractmethod
-    def stop_service(self, host: str, name: str) -> float | None:
-        """Stop a service gracefully (SIGTERM, then SIGKILL after a deadline). Returns
-        as ``set_links`` does: when the stop began by the host's clock, or None."""
-
-    @abc.abstractmethod
-    def services(self, host: str) -> list[ServiceState]:
-        """The state of every service known on ``host``."""
-
-    @abc.abstractmethod
-    def restart_service(self, host: str, name: str) -> ServiceState:
-        """Stop and start a known service again."""
-
-    @abc.abstractmethod
-    def service_log(self, host: str, name: str) -> Path:
-        """The log file of a service, as a path on the host."""
-
-    @abc.abstractmethod
-    def enable_at_boot(self, host: str, unit: str, text: str) -> None:
-        """Have ``unit`` (its text: ``text``) run at every boot of ``host``."""
-
     # Whether ``up()`` provisions the hosts itself (Vagrant's triggers do, each VM as it
     # comes up); otherwise ``halab up`` provisions once ``up()`` returns.
     up_provisions: bool = False
 
-    def prepare(self, hosts: Sequence[str]) -> None:  # noqa: B027 (most need nothing)
+    def prepare(self, hosts: Sequence[str]) -> None:
         """Before provisioning: make halab itself runnable on ``hosts`` (its Python
         package installed). Nothing to do where the hosts share this machine's."""
 
@@ -252,7 +304,7 @@ class Backend(abc.ABC):
                              "-qq && apt-get install -y -qq " + " ".join(pkgs)],
                          timeout=900)
 
-    def close(self) -> None:  # noqa: B027 (most hold nothing open)
+    def close(self) -> None:
         """Let go of what this object holds open to the hosts (SSH connections); the
         lab stays as it is."""
 
@@ -269,18 +321,3 @@ class Backend(abc.ABC):
     def ssh_config(self) -> str:
         """An ssh_config reaching every lab host by its name, as root (testinfra, fabric)."""
 
-    @abc.abstractmethod
-    def set_links(self, host: str, up: bool, networks: Sequence[str] | None = None
-                  ) -> float | None:
-        """Cut (or restore) the host's links, all or those on ``networks``: its cables.
-        Returns when that happened by the host's clock (epoch s) where it happens there,
-        long after the call under emulation; None: at the call (a cable pulled here)."""
-
-    @abc.abstractmethod
-    def power_off(self, host: str) -> float | None:
-        """Power loss: links cut first, then every process killed at once (no goodbye).
-        Returns as ``set_links`` does."""
-
-    @abc.abstractmethod
-    def power_on(self, host: str) -> None:
-        """Boot again: links up, only the configured addresses, services started."""

@@ -188,26 +188,14 @@ class NetnsBackend(Backend):
     def command(self, host: str, argv: Sequence[str]) -> list[str]:
         return host_exec(self.ns(host), self.uts_file(host), argv)
 
-    def run(
-        self,
-        host: str,
-        argv: Sequence[str],
-        *,
-        input: bytes | None = None,
-        check: bool = True,
-        timeout: float = 30.0,
-    ) -> Result:
-        full = self.command(host, argv)
+    def execute(self, host: str, argv: Sequence[str], *, input: bytes | None,
+                timeout: float) -> Result:
         try:
-            proc = subprocess.run(full, input=input, capture_output=True, env=env(),
-                                  timeout=timeout, check=False)
+            proc = subprocess.run(self.command(host, argv), input=input, capture_output=True,
+                                  env=env(), timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise HalabError(f"{host}: `{' '.join(argv)}` took longer than {timeout} s") from None
-        res = Result(list(argv), proc.returncode, proc.stdout, proc.stderr)
-        if check and not res.ok:
-            err = proc.stderr.decode(errors="replace").strip().replace("\n", " | ")
-            raise HalabError(f"{host}: `{' '.join(argv)}` failed (exit {res.returncode}): {err}")
-        return res
+        return Result(list(argv), proc.returncode, proc.stdout, proc.stderr)
 
     # services ---------------------------------------------------------------
 

@@ -257,15 +257,8 @@ class SshBackend(Backend):
         """Before a command: raise if it cannot run there (the vagrant backend: a VM
         whose power is off)."""
 
-    def run(
-        self,
-        host: str,
-        argv: Sequence[str],
-        *,
-        input: bytes | None = None,
-        check: bool = True,
-        timeout: float = 30.0,
-    ) -> Result:
+    def execute(self, host: str, argv: Sequence[str], *, input: bytes | None,
+                timeout: float) -> Result:
         if input is not None:
             raise HalabError(f"the {self.kind} backend passes no input to commands")
         self._check_on(host, argv)
@@ -275,11 +268,7 @@ class SshBackend(Backend):
                            timeout=timeout * self.slowness)
         except Exception as e:  # invoke's CommandTimedOut, paramiko's SSH errors
             raise HalabError(f"{host}: `{' '.join(argv)}`: {type(e).__name__}: {e}") from None
-        out = Result(list(argv), res.exited, res.stdout.encode(), res.stderr.encode())
-        if check and not out.ok:
-            err = res.stderr.strip().replace("\n", " | ")
-            raise HalabError(f"{host}: `{' '.join(argv)}` failed (exit {out.returncode}): {err}")
-        return out
+        return Result(list(argv), res.exited, res.stdout.encode(), res.stderr.encode())
 
     def put_file(self, host: str, path: str, content: bytes | str, mode: int = 0o644) -> None:
         self.put_files(host, [(path, content, mode)])
