@@ -46,11 +46,13 @@ async def serve(path: str, handler: Handler, log: EventLog,
         finally:
             writer.close()
 
-    old = os.umask(0o077)
+    old = os.umask(0o077)  # no moment when another user may connect
     try:
-        return await asyncio.start_unix_server(connection, path, limit=LINE_LIMIT)
+        server = await asyncio.start_unix_server(connection, path, limit=LINE_LIMIT)
     finally:
         os.umask(old)
+    os.chmod(path, 0o600)
+    return server
 
 
 def close(server: asyncio.AbstractServer, path: str) -> None:

@@ -1,0 +1,92 @@
+"""daemonkit's I/O on loopback: the control socket (server and both clients) and the
+TCP check, as the two daemons use them."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import stat
+from pathlib import Path
+
+from daemonkit import control
+from daemonkit.check import CONNECTED, TIMED_OUT, Outcome, tcp_check
+from daemonkit.log import EventLog
+
+
+def test_the_control_socket_answers_each_line_and_a_bug_still_answers(tmp_path: Path) -> None:
+    path = str(tmp_path / "run" / "d.sock")
+    (tmp_path / "run").mkdir()
+    Path(path).write_text("stale")  # an earlier run's leftover is replaced
+    logged = io.StringIO()
+
+    async def handler(line: str) -> str:
+        if line.strip() == "boom":
+            raise RuntimeError("a bug")
+        return f"got {line.strip()}\n"
+
+    async def main() -> tuple[str, str, str, int]:
+        server = await control.serve(path, handler, EventLog("t", stream=logged),
+                                     lambda e: f"error: {e}\n")
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        two = await asyncio.to_thread(control.request, path, "one\ntwo")
+        bug = await control.arequest(path, "boom")
+        one = await control.arequest(path, "status")
+        control.close(server, path)
+        return two, bug, one, mode
+
+    two, bug, one, mode = asyncio.run(main())
+    assert two == "got one\ngot two\n" and one == "got status\n"
+    assert bug == "error: a bug\n" and "control_command_failed" in logged.getvalue()
+    assert mode == 0o600 and not os.path.exists(path)
+
+
+def test_a_line_over_the_limit_closes_the_connection(tmp_path: Path) -> None:
+    path = str(tmp_path / "d.sock")
+
+    async def handler(line: str) -> str:
+        return "ok\n"
+
+    async def main() -> str:
+        server = await control.serve(path, handler, EventLog("t", stream=io.StringIO()),
+                                     str)
+        answer = await control.arequest(path, "x" * (control.LINE_LIMIT + 10))
+        control.close(server, path)
+        return answer
+
+    assert asyncio.run(main()) == ""
+
+
+def test_the_tcp_check_connects_reads_a_first_line_and_times_out() -> None:
+    async def main() -> tuple[Outcome, Outcome, Outcome]:
+        async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+            writer.close()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()  # until the checker gives up
+
+        a = await asyncio.start_server(answers, "127.0.0.1", 0)
+        b = await asyncio.start_server(silent, "127.0.0.1", 0)
+        pa, pb = (s.sockets[0].getsockname()[1] for s in (a, b))
+        out = (await tcp_check("127.0.0.1", pa, 2.0),
+               await tcp_check("127.0.0.1", pa, 2.0, b"GET / HTTP/1.1\r\n\r\n"),
+               await tcp_check("127.0.0.1", pb, 0.2, b"GET / HTTP/1.1\r\n\r\n"))
+        a.close()
+        b.close()
+        return out
+
+    plain, asked, timed_out = asyncio.run(main())
+    assert plain.ok and plain.reason == CONNECTED
+    assert asked.ok and asked.first_line == b"HTTP/1.1 200 OK\r\n"
+    assert not timed_out.ok and timed_out.reason == TIMED_OUT
+
+
+def test_a_closed_port_is_refused() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        out = asyncio.run(tcp_check("127.0.0.1", port, 2.0))
+    assert not out.ok and out.reason == "connection refused"
