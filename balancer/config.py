@@ -62,6 +62,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from balancer.health import HealthParams
 from daemonkit.config import Reader
 from daemonkit.errors import ConfigError
 
@@ -93,6 +94,11 @@ class HealthConfig:
     rise: int = 2
     fall: int = 2
     timeout: float = 0.15
+
+    def params(self) -> HealthParams:
+        """The state machine's part (``balancer.health``)."""
+        return HealthParams(inter=self.inter, fastinter=self.fastinter,
+                            downinter=self.downinter, rise=self.rise, fall=self.fall)
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,7 @@ class Balancer:
         now = self.loop.time()
         srv = Server(name=sc.name, host=sc.host, port=sc.port, weight=sc.weight,
                      maxconn=sc.maxconn, backup=sc.backup, slowstart=sc.slowstart)
-        rt = ServerRuntime(srv, Health(self.config.health, self.config.error_limit, now),
+        rt = ServerRuntime(srv, Health(self.config.health.params(), self.config.error_limit, now),
                            admin_since=now)
         self.runtimes[sc.name] = rt
         self.scheduler.servers.append(srv)
@@ -377,7 +377,7 @@ class Balancer:
                 rt.pool.clear()
             s.host, s.port, s.weight = sc.host, sc.port, sc.weight
             s.maxconn, s.backup, s.slowstart = sc.maxconn, sc.backup, sc.slowstart
-            rt.health.params = new.health
+            rt.health.params = new.health.params()
             rt.health.error_limit = new.error_limit
         # keep config-file order
         self.scheduler.servers.sort(key=lambda s: list(wanted).index(s.name))

@@ -30,8 +30,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from balancer.config import HealthConfig
 from daemonkit.risefall import RiseFall
+
+
+@dataclass(frozen=True)
+class HealthParams:
+    """What the state machine needs of the config (times in seconds)."""
+
+    inter: float
+    fastinter: float
+    downinter: float
+    rise: int
+    fall: int
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,7 @@ class Transition:
 
 
 class Health:
-    def __init__(self, params: HealthConfig, error_limit: int, now: float) -> None:
+    def __init__(self, params: HealthParams, error_limit: int, now: float) -> None:
         self.params = params
         self.error_limit = error_limit
         self.checks = RiseFall(params.rise, params.fall, up=True)

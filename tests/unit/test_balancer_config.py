@@ -9,6 +9,7 @@ import pytest
 from balancer import config
 from balancer.core import FD_HEADROOM, effective_maxconn, fd_reserve
 from balancer.daemon import main as daemon_main
+from balancer.health import HealthParams
 from daemonkit.errors import ConfigError
 
 MINIMAL = """
@@ -30,6 +31,19 @@ def test_minimal_config_gets_halab_defaults() -> None:
     assert (h.check, h.path, h.inter, h.fastinter, h.rise, h.fall, h.timeout) == (
         "http", "/healthz", 0.2, 0.1, 2, 2, 0.15)
     assert c.servers[0].weight == 1 and not c.servers[0].backup
+
+
+def test_health_params_are_the_health_sections_timing() -> None:
+    c = config.loads(MINIMAL.replace("[[servers]]", """
+[health]
+inter = 300
+fastinter = 50
+downinter = 700
+rise = 4
+fall = 5
+[[servers]]"""))
+    assert c.health.params() == HealthParams(inter=0.3, fastinter=0.05, downinter=0.7,
+                                             rise=4, fall=5)
 
 
 def test_full_config() -> None:

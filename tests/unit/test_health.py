@@ -5,10 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from balancer.config import HealthConfig
-from balancer.health import Health
+from balancer.health import Health, HealthParams
 
-P = HealthConfig(inter=0.2, fastinter=0.1, downinter=0.5, rise=2, fall=3, timeout=0.15)
+P = HealthParams(inter=0.2, fastinter=0.1, downinter=0.5, rise=2, fall=3)
 
 
 def test_starts_up_and_falls_after_fall_failures() -> None:
