@@ -10,6 +10,7 @@ from dataclasses import dataclass
 TIMED_OUT = "check timeout"  # no connection, or no answer, within the timeout
 OUT_OF_FDS = "out of file descriptors"  # the checker's own fault, not the server's
 CONNECTED = "tcp connect ok"
+ANSWERED = "answered"  # connected, the request sent, and something came back
 
 
 def out_of_fds(exc: BaseException) -> bool:
@@ -21,7 +22,7 @@ def out_of_fds(exc: BaseException) -> bool:
 @dataclass(frozen=True)
 class Outcome:
     ok: bool  # connected (and, with a request, an answer came back)
-    reason: str  # CONNECTED, TIMED_OUT, OUT_OF_FDS, "connection refused", an errno's text
+    reason: str  # CONNECTED, ANSWERED, TIMED_OUT, OUT_OF_FDS, "connection refused", an errno's
     first_line: bytes = b""  # of the answer to the request
 
 
@@ -43,6 +44,6 @@ async def tcp_check(host: str, port: int, timeout: float,
         return Outcome(False, "connection refused")
     except OSError as e:
         return Outcome(False, OUT_OF_FDS if out_of_fds(e) else e.strerror or type(e).__name__)
-    except ValueError:  # a first line over the stream's limit
-        return Outcome(True, "answered", b"")
-    return Outcome(True, "answered", line)
+    except ValueError:  # a first line over the stream's limit: no status line to read
+        return Outcome(True, ANSWERED, b"")
+    return Outcome(True, ANSWERED, line)

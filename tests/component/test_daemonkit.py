@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 from daemonkit import control
-from daemonkit.check import CONNECTED, TIMED_OUT, Outcome, tcp_check
+from daemonkit.check import ANSWERED, CONNECTED, TIMED_OUT, Outcome, tcp_check
 from daemonkit.log import EventLog
 
 
@@ -90,3 +90,23 @@ def test_a_closed_port_is_refused() -> None:
         port = s.getsockname()[1]  # bound, not listening: refused
         out = asyncio.run(tcp_check("127.0.0.1", port, 2.0))
     assert not out.ok and out.reason == "connection refused"
+
+
+def test_a_first_line_over_the_limit_is_an_answer_without_a_status_line() -> None:
+    """A hostile server's endless first line ends the check, not the checker (the
+    balancer then counts it as an invalid check response)."""
+    async def main() -> Outcome:
+        async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            writer.write(b"H" * (256 * 1024))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(endless, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        out = await tcp_check("127.0.0.1", port, 2.0, b"GET / HTTP/1.1\r\n\r\n")
+        server.close()
+        return out
+
+    out = asyncio.run(main())
+    assert out.ok and out.reason == ANSWERED and out.first_line == b""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from lab.backend import Links, Power, Result, Services, Transport
+from lab.backend import HostPaths, Links, Power, Result, Services, Transport
 from lab.backends.netns import NetnsBackend
 from lab.backends.ssh import SshBackend
 from lab.backends.vagrant import VagrantBackend
@@ -34,7 +34,7 @@ class Echo(Transport):
     def read_file(self, host: str, path: str) -> bytes:
         raise NotImplementedError
 
-    def paths(self, host: str) -> object:  # type: ignore[override]
+    def paths(self, host: str) -> HostPaths:
         raise NotImplementedError
 
 
