@@ -641,12 +641,12 @@ class Daemon:
             await asyncio.sleep(t.interval)
 
     async def check(self, t: config.Track) -> tuple[bool, str]:
+        if t.tcp is not None:
+            out = await tcp_check(*t.tcp, t.timeout)  # (its own timeout, its own reasons)
+            return out.ok, out.reason
+        assert t.command is not None
         try:
             async with asyncio.timeout(t.timeout):
-                if t.tcp is not None:
-                    out = await tcp_check(*t.tcp, t.timeout)
-                    return out.ok, out.reason
-                assert t.command is not None
                 proc = await asyncio.create_subprocess_exec(
                     *t.command, stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.DEVNULL)
