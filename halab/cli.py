@@ -18,13 +18,12 @@ from halab.status import gather, render
 from lab import topology as topo_mod
 from lab.backend import Backend
 from lab.backends import KINDS, make_backend
-from lab.backends.vagrant import readiness
 from lab.errors import HalabError
 from lab.system import env
 from lab.topology import Role
 
 if TYPE_CHECKING:
-    from lab.backends.vagrant import VagrantBackend
+    from lab.backends.vagrant import VagrantBackend, readiness
 
 console = Console()
 RUN_ENV = "HALAB_VAGRANT_RUN"  # set by the Vagrantfile: which vagrant command runs us
@@ -114,7 +113,7 @@ def cmd_provision(backend: Backend, hosts: Sequence[str] | None,
     lab, then whether every VM is now provisioned (lab/backends/vagrant/readiness.py). ``if_needed``
     (the vagrant lab): a host provisioned already on this VM, in this boot, with this
     build and inputs is skipped."""
-    from lab.backends.vagrant import VagrantBackend
+    from lab.backends.vagrant import VagrantBackend, readiness  # (only the vagrant lab's)
 
     names = [backend.host(h).name for h in hosts] if hosts else list(backend.topology.hosts)
     if not isinstance(backend, VagrantBackend):
@@ -181,6 +180,8 @@ def provision_inputs(vms: VagrantBackend) -> dict[str, str]:
 def keys_digest(control_dir: Path) -> str:
     """The lab's keys on the controller (the public halves, the heartbeat key), which
     provisioning writes to the hosts: other keys, another provisioning."""
+    from lab.backends.vagrant import readiness
+
     files = [control_dir / "operator_ed25519.pub", control_dir / "authkey",
              *sorted((control_dir / "host_keys").glob("*.pub"))]
     return readiness.inputs_digest({str(f.relative_to(control_dir)): f.read_text()
@@ -190,6 +191,8 @@ def keys_digest(control_dir: Path) -> str:
 def look(vms: VagrantBackend, known: dict[str, readiness.Vm]) -> readiness.Look:
     """What every VM is now (readiness.Look): its domain id, and the boot id of each VM
     a marker names (``known``: those read already); never raises."""
+    from lab.backends.vagrant import readiness
+
     def now(marked: Mapping[str, readiness.Marker]) -> dict[str, readiness.Vm]:
         ids = domains(vms)
         ask = [h for h, d in ids.items() if h not in known and d is not None
