@@ -29,7 +29,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from balancer.core import Balancer
+from balancer.runtime import Balancer
 from balancer.scheduler import Admin
 from daemonkit import control
 

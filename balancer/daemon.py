@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from balancer import admin, config, proxy_http, proxy_tcp
-from balancer.core import Balancer, fd_limit
+from balancer.runtime import Balancer, fd_limit
 from daemonkit.cli import install_loop, parse_args, reload_config
 from daemonkit.errors import ConfigError
 from daemonkit.log import EventLog

@@ -49,7 +49,7 @@ from typing import Any, cast
 import httptools
 
 from balancer import http
-from balancer.core import Balancer, ServerRuntime
+from balancer.runtime import Balancer, ServerRuntime
 from balancer.scheduler import Verdict
 from daemonkit.check import out_of_fds
 

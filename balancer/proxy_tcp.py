@@ -13,7 +13,7 @@ import asyncio
 import functools
 from typing import Any, cast
 
-from balancer.core import Balancer, ServerRuntime
+from balancer.runtime import Balancer, ServerRuntime
 from daemonkit.check import out_of_fds
 
 

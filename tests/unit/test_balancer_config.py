@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from balancer import config
-from balancer.core import FD_HEADROOM, effective_maxconn, fd_reserve
 from balancer.daemon import main as daemon_main
 from balancer.health import HealthParams
+from balancer.runtime import FD_HEADROOM, effective_maxconn, fd_reserve
 from daemonkit.errors import ConfigError
 
 MINIMAL = """
