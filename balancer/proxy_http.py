@@ -48,12 +48,12 @@ from typing import Any, cast
 
 import httptools
 
-from balancer import http
+from balancer import http, retry
+from balancer.retry import AttemptFailed, Step
 from balancer.runtime import Balancer, ServerRuntime
 from balancer.scheduler import Verdict
 from daemonkit.check import out_of_fds
 
-RETRY_BUFFER = 64 * 1024
 BODY_BUFFER = 64 * 1024  # body bytes held while no exchange sends them: then stop reading
 MAX_PIPELINE = 32  # requests queued on a connection before it is not read
 MAX_QUEUED = 4 * MAX_PIPELINE  # ... and what one read may add: beyond, 400
@@ -61,19 +61,6 @@ LINGER = 2.0  # s: at most this long reading a rejected client's leftovers (ngin
 RETRYABLE_STATUS_ERRORS = frozenset({502, 503, 504})
 # why a client is not read (several at once; reading resumes when none is left)
 PIPELINE, BODY, SERVER_FULL, BROKEN = 1, 2, 4, 8
-
-
-class AttemptFailed(Exception):
-    """A try on one server failed; ``retryable`` if the client saw nothing yet;
-    ``passive``: the server's fault, counted against its health."""
-
-    def __init__(self, reason: str, retryable: bool, passive: bool = True,
-                 status: int = 502) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retryable = retryable
-        self.passive = passive
-        self.status = status
 
 
 class Request:
@@ -116,7 +103,7 @@ class Request:
         self.body_size += len(data)
         if self.replayable:
             self.kept.append(data)
-            if self.body_size > RETRY_BUFFER:
+            if not retry.kept(self.body_size):
                 self.replayable = False
                 self.kept = []
         if self.sink is not None:
@@ -464,11 +451,11 @@ class Exchange:
             # a reused connection closed by the server is the keep-alive race,
             # not a fault of the server
             self.fail(AttemptFailed(reason, retryable=self.retryable(),
-                                    passive=not (self.reused and not self.got_bytes)))
+                                    passive=retry.servers_fault(self.reused, self.got_bytes)))
 
     def retryable(self) -> bool:
-        return (not self.got_bytes and not self.started and self.req.idempotent
-                and self.req.replayable)
+        req = self.req
+        return retry.may_retry(req.idempotent, req.replayable, self.got_bytes, self.started)
 
     def redispatch(self, reason: str) -> bool:
         """The server went away (DOWN, maintenance): move the request if it is safe."""
@@ -729,7 +716,7 @@ class ClientConn(asyncio.Protocol):
     def dispatch(self, req: Request) -> None:
         """Choose a server for ``req`` and start an attempt on it."""
         bal = self.bal
-        exclude = req.tried if bal.config.redispatch else ()
+        exclude = retry.excluded(req.tried, bal.config.redispatch)
         pick = bal.scheduler.pick(bal.loop.time(), self.peer, exclude)
         if pick.verdict is Verdict.OK:
             self.attempt(req, bal.take(pick))
@@ -739,7 +726,7 @@ class ClientConn(asyncio.Protocol):
             self.task = bal.loop.create_task(self._queued(req))
 
     async def _queued(self, req: Request) -> None:
-        rt = await self.bal.choose(self.peer, req.tried if self.bal.config.redispatch else ())
+        rt = await self.bal.choose(self.peer, retry.excluded(req.tried, self.bal.config.redispatch))
         if self.closing or self.active is not req:
             if rt is not None:
                 self.bal.release(rt)
@@ -826,23 +813,25 @@ class ClientConn(asyncio.Protocol):
             bal.observe(rt, False, err.reason)
         if self.closing:
             return
-        retry = err.retryable and req.attempts < bal.config.retries
-        bal.log.info("attempt_failed", server=rt.name, reason=err.reason, retry=retry,
-                     client=self.peer)
-        if retry:
+        step, status = retry.next_step(err, req.attempts, bal.config.retries,
+                                       connected=ex is not None,
+                                       started=ex is not None and ex.started)
+        bal.log.info("attempt_failed", server=rt.name, reason=err.reason,
+                     retry=step is Step.RETRY, client=self.peer)
+        if step is Step.RETRY:
             req.attempts += 1
             req.rewind()
             rt.stats.retries += 1
             req.tried.append(rt.name)
             req.last_error = f" (last error: server {rt.name}: {err.reason})"
             self.dispatch(req)
-        elif ex is not None and ex.started:
+        elif step is Step.CUT:
             self.close()  # the response is cut short: the client must see that
             self.request_done(req, -1)
         elif ex is not None:
-            self.respond_error(req, err.status, f"server {rt.name}: {err.reason}")
+            self.respond_error(req, status, f"server {rt.name}: {err.reason}")
         else:
-            self.respond_error(req, 503, "no server is available (last error: "
+            self.respond_error(req, status, "no server is available (last error: "
                                f"server {rt.name}: {err.reason})")
 
     def respond_error(self, req: Request, status: int, reason: str) -> None:

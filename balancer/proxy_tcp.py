@@ -13,6 +13,7 @@ import asyncio
 import functools
 from typing import Any, cast
 
+from balancer import retry
 from balancer.runtime import Balancer, ServerRuntime
 from daemonkit.check import out_of_fds
 
@@ -158,7 +159,7 @@ class ClientSide(_Side):
         client_ip = peername[0] if peername else "-"
         tried: list[str] = []
         for attempt in range(cfg.retries + 1):
-            rt = await bal.choose(client_ip, tried if cfg.redispatch else ())
+            rt = await bal.choose(client_ip, retry.excluded(tried, cfg.redispatch))
             if rt is None:
                 bal.frontend.generated[503] += 1
                 bal.log.info("no_server", client=client_ip, mode="tcp")
@@ -181,7 +182,7 @@ class ClientSide(_Side):
                 rt.stats.connect_errors += 1
                 bal.observe(rt, False, reason)
                 bal.release(rt)
-                more = attempt < cfg.retries
+                more = retry.again(True, attempt, cfg.retries)
                 bal.log.info("attempt_failed", server=rt.name, reason=reason, retry=more,
                              client=client_ip, mode="tcp")
                 if more:
