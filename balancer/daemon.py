@@ -30,7 +30,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from balancer import admin, config, proxy_http, proxy_tcp
+from balancer import admin, client, config, proxy_tcp
+from balancer.client import ClientConn
 from balancer.runtime import Balancer, fd_limit
 from daemonkit.cli import install_loop, parse_args, reload_config
 from daemonkit.errors import ConfigError
@@ -69,7 +70,7 @@ class Daemon:
         self.bal: Balancer
 
     def factory(self) -> Any:
-        mod = proxy_http if self.cfg.mode == "http" else proxy_tcp
+        mod = client if self.cfg.mode == "http" else proxy_tcp
         return mod.factory(self.bal)
 
     async def open_listeners(self) -> None:
@@ -167,16 +168,16 @@ class Daemon:
             self.admin_http.close()
         self.log.info("draining", connections=len(bal.clients),
                       deadline_s=self.cfg.timeouts.drain)
-        for client in list(bal.clients):
-            if isinstance(client, proxy_http.ClientConn) and not client.queue:
-                client.close()  # idle keep-alive: nothing to finish
+        for conn in list(bal.clients):
+            if isinstance(conn, ClientConn) and not conn.queue:
+                conn.close()  # idle keep-alive: nothing to finish
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.timeouts.drain
         while bal.clients and loop.time() < deadline:
             await asyncio.sleep(0.01)
         left = len(bal.clients)
-        for client in list(bal.clients):
-            client.close()
+        for conn in list(bal.clients):
+            conn.close()
         bal.stop()
         for rt in bal.runtimes.values():
             for conn in list(rt.pool):

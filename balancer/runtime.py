@@ -4,7 +4,7 @@ This is the thin IO shell around the sans-IO parts (``scheduler``,
 ``health``): it runs the active checks, applies transitions, hands out
 server slots (queueing when every server is at maxconn) and keeps the
 statistics the admin page, JSON and metrics show. The proxies
-(``proxy_http``, ``proxy_tcp``) ask it for a server and report outcomes.
+(``client`` in HTTP mode, ``proxy_tcp``) ask it for a server and report outcomes.
 """
 
 from __future__ import annotations

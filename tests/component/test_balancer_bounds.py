@@ -22,7 +22,7 @@ from typing import cast
 import pytest
 
 from balancer import http
-from balancer.proxy_http import MAX_QUEUED, Request
+from balancer.request import MAX_QUEUED, Request
 from harness.poll import wait_until
 
 from .backends import Backend, Running, free_port, running
