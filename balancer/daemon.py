@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from balancer import admin, client, config, proxy_tcp
-from balancer.client import ClientConn
 from balancer.runtime import Balancer, fd_limit
 from daemonkit.cli import install_loop, parse_args, reload_config
 from daemonkit.errors import ConfigError
@@ -169,7 +168,7 @@ class Daemon:
         self.log.info("draining", connections=len(bal.clients),
                       deadline_s=self.cfg.timeouts.drain)
         for conn in list(bal.clients):
-            if isinstance(conn, ClientConn) and not conn.queue:
+            if isinstance(conn, client.ClientConn) and not conn.queue:
                 conn.close()  # idle keep-alive: nothing to finish
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.timeouts.drain

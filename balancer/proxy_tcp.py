@@ -2,8 +2,8 @@
 
 The client connection is held (not read) until a server accepted the
 connection; a connect error is retried (``retries`` times, on another
-server with ``redispatch``), so a refusing or blackholed server costs the
-client a short delay, not an error. Then bytes flow both ways with flow
+server with ``redispatch``; ``retry`` decides), so a refusing or blackholed
+server costs the client a short delay, not an error. Then bytes flow both ways with flow
 control (a slow reader pauses the other side) and half-closes are passed on.
 """
 
