@@ -36,14 +36,15 @@ def test_the_tree_keeps_every_rule() -> None:
     ("daemonkit/log.py", "import yaml", "daemonkit is the standard library only"),
     ("heartbeat/fsm.py", "import asyncio", "the pure cores"),
     ("balancer/health.py", "import time", "the pure cores"),
+    ("balancer/retry.py", "import socket", "the pure cores"),
     ("lab/topology.py", "import rich", "the topology is data and its loader"),
     ("lab/backend.py", "import provision.host", "layers"),
     ("provision/web.py", "import halab.cli", "layers"),
     ("lab/backends/netns/plan.py", "import lab.backends.ssh.inventory",
      "each backend stands on its own"),
 ], ids=["balancer-lab", "heartbeat-harness", "daemon-daemon", "daemonkit-yaml",
-        "fsm-asyncio", "health-clock", "topology-rich", "backend-provision", "provision-cli",
-        "netns-ssh"])
+        "fsm-asyncio", "health-clock", "retry-socket", "topology-rich", "backend-provision",
+        "provision-cli", "netns-ssh"])
 def test_a_broken_rule_fails(tmp_path: Path, module: str, line: str, rule: str) -> None:
     for pkg in PACKAGES:
         shutil.copytree(ROOT / pkg, tmp_path / pkg,
