@@ -366,13 +366,14 @@ class Daemon:
 
     def event(self, ev: fsm.Event) -> Sequence[str] | None:
         """Record and log an event; returns the notify hook to run for it, if any."""
-        rec = {"t": round(time.time(), 3), "event": ev.name, **ev.fields}
+        name = ev.kind.value
+        rec = {"t": round(time.time(), 3), "event": name, **ev.fields}
         self.events.append(rec)
-        self.counters[f"event_{ev.name}"] += 1
-        quiet = ev.name in ("replay", "unknown_peer")
-        self.log.log(30 if ev.name == "transition" else 10 if quiet else 20, ev.name,
-                     **ev.fields)
-        if ev.name == "transition":
+        self.counters[f"event_{name}"] += 1
+        quiet = ev.kind in (fsm.EventKind.REPLAY, fsm.EventKind.UNKNOWN_PEER)
+        transition = ev.kind is fsm.EventKind.TRANSITION
+        self.log.log(30 if transition else 10 if quiet else 20, name, **ev.fields)
+        if transition:
             hook = self.cfg.notify.get(str(ev.fields["to"]).lower())
             if hook:
                 return (*hook, str(ev.fields["to"]))

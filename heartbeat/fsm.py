@@ -15,7 +15,8 @@ States (``wire.State``)::
 Peers: a peer is *alive* while it was heard on at least one link within
 ``deadtime``; each link is watched too (a silent link is logged, not fatal).
 A peer is *eligible* to be master when alive and not FAULT/STOPPED and not
-asking to stand by. Candidates are ordered by (priority, name): the larger wins.
+asking to stand by. Nodes are ordered by ``rank``: (priority, name), the larger
+wins; between two masters a ``takeover`` flag outranks both (rule 3).
 
 Rules, checked on every event:
 
@@ -45,12 +46,16 @@ Rules, checked on every event:
    check that starts afresh, says nothing about another that is still down).
 6. auto_failback is off: a better node that comes back stays BACKUP while a
    master is alive (unless ``preempt``).
+
+Each rule is one method of ``Node`` below, named after it (``_rule1_elect`` ...).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, Protocol
 
 from heartbeat.wire import FLAG_LEAVING, FLAG_STANDBY, FLAG_TAKEOVER, Heartbeat, State
 
@@ -104,9 +109,29 @@ class StopResources:
     pass
 
 
+class EventKind(StrEnum):
+    """What an ``Event`` reports. The values are the event names in the logs, in
+    ``hbctl events`` and in the ``event_*`` counters: they never change."""
+
+    TRANSITION = "transition"  # from, to, reason
+    PEER_ALIVE = "peer_alive"  # peer, link, state
+    PEER_LATE = "peer_late"  # peer, silent_ms (warntime)
+    PEER_DEAD = "peer_dead"  # peer, silent_ms (deadtime)
+    LINK_DOWN = "link_down"  # peer, link
+    LINK_UP = "link_up"  # peer, link
+    UNKNOWN_PEER = "unknown_peer"  # node, link
+    REPLAY = "replay"  # peer, link, generation, seq, newest_generation
+    STANDBY = "standby"
+    STANDBY_IGNORED = "standby_ignored"  # state
+    STANDBY_FAILED = "standby_failed"  # reason
+    TAKEOVER_IGNORED = "takeover_ignored"  # state
+    MASTER_CONFLICT = "master_conflict"  # peer, kept
+    HANDOVER_PREPARING = "handover_preparing"  # peer
+
+
 @dataclass(frozen=True)
 class Event:
-    name: str
+    kind: EventKind
     fields: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,6 +173,23 @@ class Peer:
         return bool(self.flags & (FLAG_STANDBY | FLAG_LEAVING))
 
 
+class Ranked(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def flags(self) -> int: ...
+
+
+def rank(node: Ranked, *, as_master: bool) -> tuple[int, int, str]:
+    """The order of nodes, the larger wins: (priority, name). ``as_master``: between two
+    masters (rule 3) a ``takeover`` flag outranks everything; candidates (rules 1, 2) and
+    ``preempt`` compare without it."""
+    takeover = 1 if as_master and node.flags & FLAG_TAKEOVER else 0
+    return (takeover, node.priority, node.name)
+
+
 class Node:
     def __init__(self, name: str, priority: int, peers: list[str], links: list[str],
                  timers: Timers, now: float, preempt: bool = False) -> None:
@@ -170,13 +212,6 @@ class Node:
 
     # --- helpers ---------------------------------------------------------------------
 
-    def rank(self) -> tuple[int, int, str]:
-        return (1 if self.flags & FLAG_TAKEOVER else 0, self.priority, self.name)
-
-    @staticmethod
-    def peer_rank(p: Peer) -> tuple[int, int, str]:
-        return (1 if p.flags & FLAG_TAKEOVER else 0, p.priority, p.name)
-
     def alive_peers(self, now: float) -> list[Peer]:
         return [p for p in self.peers.values() if p.alive(now, self.timers.deadtime)]
 
@@ -185,13 +220,20 @@ class Node:
                 if p.state not in (State.FAULT, State.STOPPED) and not p.leaving]
 
     def live_master(self, now: float) -> Peer | None:
+        """The eligible peer that is MASTER; of two, the higher ranked as master."""
         masters = [p for p in self.eligible_peers(now) if p.state is State.MASTER]
-        return max(masters, key=self.peer_rank) if masters else None
+        return max(masters, key=lambda p: rank(p, as_master=True)) if masters else None
 
     def best_candidate(self, now: float) -> bool:
         """Are we the best eligible candidate (by priority, then name)?"""
-        mine = (self.priority, self.name)
-        return all((p.priority, p.name) < mine for p in self.eligible_peers(now))
+        mine = rank(self, as_master=False)
+        return all(rank(p, as_master=False) < mine for p in self.eligible_peers(now))
+
+    def leaving_master(self, now: float) -> str | None:
+        """An alive peer that is MASTER and asks to stand by (or leaves), if any."""
+        leaving = [p.name for p in self.alive_peers(now)
+                   if p.state is State.MASTER and p.leaving]
+        return leaving[0] if leaving else None
 
     def heartbeat(self) -> Send:
         return Send(self.state, self.priority, self.flags)
@@ -201,7 +243,7 @@ class Node:
         old = self.state
         self.state = new
         self.since = now
-        out: list[Action] = [Event("transition", {"from": old.name, "to": new.name,
+        out: list[Action] = [Event(EventKind.TRANSITION, {"from": old.name, "to": new.name,
                                                   "reason": reason})]
         if new is State.MASTER:
             # tell the peers the moment the VIP is ours: a master standing by lets go
@@ -226,17 +268,17 @@ class Node:
             if silent >= self.timers.deadtime:
                 if not p.dead_reported:
                     p.dead_reported = True
-                    out.append(Event("peer_dead", {"peer": p.name,
+                    out.append(Event(EventKind.PEER_DEAD, {"peer": p.name,
                                                    "silent_ms": round(silent * 1000, 1)}))
                 continue
             if silent >= self.timers.warntime and not p.late_warned:
                 p.late_warned = True
-                out.append(Event("peer_late", {"peer": p.name,
+                out.append(Event(EventKind.PEER_LATE, {"peer": p.name,
                                                "silent_ms": round(silent * 1000, 1)}))
             for link, heard in p.links.items():
                 if now - heard >= self.timers.deadtime and link not in p.links_down:
                     p.links_down.add(link)
-                    out.append(Event("link_down", {"peer": p.name, "link": link}))
+                    out.append(Event(EventKind.LINK_DOWN, {"peer": p.name, "link": link}))
         out += self._decide(now)
         if now >= self.next_send:
             out.append(self.heartbeat())
@@ -246,7 +288,7 @@ class Node:
     def receive(self, hb: Heartbeat, link: str, now: float) -> list[Action]:
         p = self.peers.get(hb.node)
         if p is None or hb.node == self.name:
-            return [Event("unknown_peer", {"node": hb.node, "link": link})]
+            return [Event(EventKind.UNKNOWN_PEER, {"node": hb.node, "link": link})]
         key = (hb.generation, hb.seq)
         # Replays are judged per link: every heartbeat travels on every link, and
         # the links may reorder against each other, but never within one link.
@@ -255,7 +297,7 @@ class Node:
         # lower, even without its state file (daemon.next_generation).
         newest = p.link_seq.get(link, (-1, -1))
         if key <= newest:
-            return [Event("replay", {"peer": p.name, "link": link,
+            return [Event(EventKind.REPLAY, {"peer": p.name, "link": link,
                                      "generation": hb.generation, "seq": hb.seq,
                                      "newest_generation": newest[0]})]
         p.link_seq[link] = key
@@ -264,7 +306,7 @@ class Node:
         if key <= (p.generation, p.seq):
             return out  # a copy of a heartbeat another link delivered first
         if p.last_heard is None or p.dead_reported:
-            out.append(Event("peer_alive", {"peer": p.name, "link": link,
+            out.append(Event(EventKind.PEER_ALIVE, {"peer": p.name, "link": link,
                                             "state": hb.state.name}))
         p.dead_reported = False
         p.generation, p.seq = key
@@ -276,7 +318,7 @@ class Node:
     def _link_heard(self, p: Peer, link: str, now: float, out: list[Action]) -> None:
         if link in p.links_down:
             p.links_down.discard(link)
-            out.append(Event("link_up", {"peer": p.name, "link": link}))
+            out.append(Event(EventKind.LINK_UP, {"peer": p.name, "link": link}))
         p.links[link] = now
 
     def track(self, name: str, ok: bool, reason: str, now: float) -> list[Action]:
@@ -300,6 +342,7 @@ class Node:
         return self._track_verdict(now)
 
     def _track_verdict(self, now: float) -> list[Action]:
+        """Rule 5: FAULT while any tracked resource is failed, BACKUP once none is."""
         if self.failed_tracks and self.state not in (State.FAULT, State.STOPPED):
             name, reason = next(iter(self.failed_tracks.items()))
             self.fault_reason = f"{name}: {reason}"
@@ -312,14 +355,14 @@ class Node:
 
     def standby(self, now: float) -> list[Action]:
         if self.state is not State.MASTER:
-            return [Event("standby_ignored", {"state": self.state.name})]
+            return [Event(EventKind.STANDBY_IGNORED, {"state": self.state.name})]
         self.flags |= FLAG_STANDBY
         self.standby_since = now
-        return [Event("standby", {}), self.heartbeat()]
+        return [Event(EventKind.STANDBY, {}), self.heartbeat()]
 
     def takeover(self, now: float) -> list[Action]:
         if self.state in (State.MASTER, State.FAULT, State.STOPPED):
-            return [Event("takeover_ignored", {"state": self.state.name})]
+            return [Event(EventKind.TAKEOVER_IGNORED, {"state": self.state.name})]
         self.flags |= FLAG_TAKEOVER
         return self._go(State.MASTER, now, "takeover requested")
 
@@ -336,62 +379,75 @@ class Node:
     # --- the rules --------------------------------------------------------------------
 
     def _decide(self, now: float) -> list[Action]:
-        st = self.state
-        if st in (State.FAULT, State.STOPPED):
+        """Apply the rule of the current state. FAULT leaves by rule 5 only (``track``);
+        STOPPED is final."""
+        rule = _RULES.get(self.state)
+        return [] if rule is None else rule(self, self.live_master(now), now)
+
+    def _rule1_elect(self, master: Peer | None, now: float) -> list[Action]:
+        """Rule 1: INIT -> MASTER/BACKUP once every peer was heard or initdead passed."""
+        heard_all = all(p.last_heard is not None for p in self.peers.values())
+        if not heard_all and now - self.started < self.timers.initdead:
             return []
-        master = self.live_master(now)
-        if st is State.INIT:
-            heard_all = all(p.last_heard is not None for p in self.peers.values())
-            if not heard_all and now - self.started < self.timers.initdead:
-                return []
-            if master is not None:
-                return self._go(State.BACKUP, now, f"{master.name} is master")
-            if self.best_candidate(now):
-                return self._go(State.MASTER, now, "best candidate" if heard_all
-                                else "no peer heard within initdead")
-            return self._go(State.BACKUP, now, "a better candidate is present")
-        if st is State.BACKUP:
-            if master is None and self.best_candidate(now):
-                leaving = [p.name for p in self.alive_peers(now)
-                           if p.state is State.MASTER and p.leaving]
-                if leaving and self.prepared != leaving[0]:
-                    if self.preparing == leaving[0]:
-                        return []  # still preparing; our heartbeats go on meanwhile
-                    self.preparing = leaving[0]
-                    return [Event("handover_preparing", {"peer": leaving[0]}),
-                            PrepareHandover(leaving[0])]
-                self.preparing = self.prepared = None
-                return self._go(State.MASTER, now, self._why_no_master(now),
-                                handover_from=leaving[0] if leaving else None)
-            if master is not None:
-                self.preparing = self.prepared = None  # the handover was called off
-            if master is not None and self.preempt and (self.priority, self.name) > (
-                    master.priority, master.name):
-                self.flags |= FLAG_TAKEOVER
-                return self._go(State.MASTER, now, f"preempting {master.name}")
-            return []
-        # MASTER
-        if master is not None and self.peer_rank(master) > self.rank():
-            if self.flags & FLAG_STANDBY:
-                self.flags &= ~(FLAG_STANDBY)
-                nxt = State.STOPPED if self.flags & FLAG_LEAVING else State.BACKUP
-                return self._go(nxt, now, f"handed over to {master.name}", drain=True)
+        if master is not None:
+            return self._go(State.BACKUP, now, f"{master.name} is master")
+        if self.best_candidate(now):
+            return self._go(State.MASTER, now, "best candidate" if heard_all
+                            else "no peer heard within initdead")
+        return self._go(State.BACKUP, now, "a better candidate is present")
+
+    def _rule2_backup(self, master: Peer | None, now: float) -> list[Action]:
+        """Rule 2: BACKUP -> MASTER when no master is left and we are the best candidate
+        (rule 4: prepared first when the master stands by), or by ``preempt``. Rule 6:
+        else we stay BACKUP."""
+        if master is None and self.best_candidate(now):
+            leaving = self.leaving_master(now)
+            if leaving is not None and self.prepared != leaving:
+                return self._rule4_prepare(leaving)
+            self.preparing = self.prepared = None
+            return self._go(State.MASTER, now, self._why_no_master(now),
+                            handover_from=leaving)
+        if master is not None:
+            self.preparing = self.prepared = None  # the handover was called off
+        if master is not None and self.preempt and (
+                rank(self, as_master=False) > rank(master, as_master=False)):
+            self.flags |= FLAG_TAKEOVER
+            return self._go(State.MASTER, now, f"preempting {master.name}")
+        return []
+
+    def _rule4_prepare(self, peer: str) -> list[Action]:
+        """Rule 4, the taking side: prepare (still BACKUP, still sending) before taking
+        over from ``peer``; ``handover_prepared`` says when it is ready."""
+        if self.preparing == peer:
+            return []  # still preparing; our heartbeats go on meanwhile
+        self.preparing = peer
+        return [Event(EventKind.HANDOVER_PREPARING, {"peer": peer}), PrepareHandover(peer)]
+
+    def _rule3_master(self, master: Peer | None, now: float) -> list[Action]:
+        """Rules 3 and 4 as MASTER: another master is heard, or we stand by."""
+        standby = bool(self.flags & FLAG_STANDBY)
+        if master is not None and standby:
+            return self._rule4_hand_over(master, now)
+        if master is not None and rank(master, as_master=True) > rank(self, as_master=True):
             return self._go(State.BACKUP, now, f"{master.name} outranks us as master")
-        if master is not None and not self.flags & FLAG_STANDBY:
+        if master is not None:
             # two masters, we win: say so at once, and announce the VIP again
-            return [Event("master_conflict", {"peer": master.name, "kept": self.name}),
+            return [Event(EventKind.MASTER_CONFLICT, {"peer": master.name, "kept": self.name}),
                     Announce(), self.heartbeat()]
-        if master is not None and self.flags & FLAG_STANDBY:
-            self.flags &= ~FLAG_STANDBY
-            nxt = State.STOPPED if self.flags & FLAG_LEAVING else State.BACKUP
-            return self._go(nxt, now, f"handed over to {master.name}", drain=True)
-        if (self.flags & FLAG_STANDBY and self.standby_since is not None
+        if (standby and self.standby_since is not None
                 and now - self.standby_since >= self.timers.deadtime
                 and not self.eligible_peers(now)):
+            # rule 4: nobody took over within deadtime: we stay master
             self.flags &= ~FLAG_STANDBY
-            return [Event("standby_failed", {"reason": "no peer to take over"}),
+            return [Event(EventKind.STANDBY_FAILED, {"reason": "no peer to take over"}),
                     self.heartbeat()]
         return []
+
+    def _rule4_hand_over(self, master: Peer, now: float) -> list[Action]:
+        """Rule 4, the standing-by side: a peer has become master, we let go (drain)."""
+        self.flags &= ~FLAG_STANDBY
+        nxt = State.STOPPED if self.flags & FLAG_LEAVING else State.BACKUP
+        return self._go(nxt, now, f"handed over to {master.name}", drain=True)
 
     def _why_no_master(self, now: float) -> str:
         reasons = []
@@ -435,3 +491,11 @@ class Node:
                           for link in self.links},
             } for p in self.peers.values()],
         }
+
+
+# the rule applied on every event, by state (FAULT and STOPPED: none)
+_RULES: dict[State, Callable[[Node, Peer | None, float], list[Action]]] = {
+    State.INIT: Node._rule1_elect,
+    State.BACKUP: Node._rule2_backup,
+    State.MASTER: Node._rule3_master,
+}

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from heartbeat.fsm import (
     Announce,
     Event,
+    EventKind,
     Node,
     PrepareHandover,
     ReleaseVip,
@@ -248,9 +249,9 @@ def test_replayed_heartbeat_is_reported() -> None:
     n.receive(hb, "private", 0.01)
     n.receive(hb, "public", 0.01)  # the same heartbeat on the other link: fine
     ev = n.receive(hb, "private", 0.02)
-    assert [type(a).__name__ for a in ev] == ["Event"] and ev[0].name == "replay"  # type: ignore[union-attr]
+    assert [type(a).__name__ for a in ev] == ["Event"] and ev[0].kind is EventKind.REPLAY  # type: ignore[union-attr]
     older = Heartbeat("dir1", State.BACKUP, 100, 1, 4, 99)
-    assert n.receive(older, "private", 0.03)[0].name == "replay"  # type: ignore[union-attr]
+    assert n.receive(older, "private", 0.03)[0].kind is EventKind.REPLAY  # type: ignore[union-attr]
 
 
 @settings(max_examples=40, deadline=None)
@@ -320,7 +321,7 @@ def test_a_slow_handover_preparation_still_hands_over_gracefully() -> None:
     orig = sim.apply
 
     def spy(name: str, actions: list[object]) -> None:
-        events.extend(f"{name}:{a.name}" for a in actions if isinstance(a, Event))
+        events.extend(f"{name}:{a.kind.value}" for a in actions if isinstance(a, Event))
         events.extend(f"{name}:{a!r}" for a in actions
                       if isinstance(a, (TakeVip, ReleaseVip, PrepareHandover)))
         orig(name, actions)

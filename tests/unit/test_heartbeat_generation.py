@@ -14,7 +14,7 @@ import pytest
 
 from heartbeat import wire
 from heartbeat.daemon import MAX_GENERATION, next_generation
-from heartbeat.fsm import Event, Node
+from heartbeat.fsm import Event, EventKind, Node
 from heartbeat.wire import State
 from tests.unit.test_heartbeat_fsm import Sim, T
 
@@ -86,13 +86,13 @@ def test_an_older_generation_is_still_a_replay() -> None:
     event says which generation came and which one is the newest."""
     n = Node("dir0", 100, ["dir1"], ["private"], T, 0.0)
     gen = int(NOW)
-    assert not any(isinstance(a, Event) and a.name == "replay"
+    assert not any(isinstance(a, Event) and a.kind is EventKind.REPLAY
                    for a in n.receive(wire.Heartbeat("dir1", State.MASTER, 100, 1, gen, 5),
                                       "private", 0.01))
     for old in (wire.Heartbeat("dir1", State.MASTER, 100, 1, gen - 1, 2**64 - 1),
                 wire.Heartbeat("dir1", State.MASTER, 100, 1, gen, 5)):
         ev = n.receive(old, "private", 0.02)
-        assert ev == [Event("replay", {"peer": "dir1", "link": "private",
+        assert ev == [Event(EventKind.REPLAY, {"peer": "dir1", "link": "private",
                                        "generation": old.generation, "seq": old.seq,
                                        "newest_generation": gen})]
     assert n.peers["dir1"].generation == gen and n.peers["dir1"].seq == 5
