@@ -294,7 +294,7 @@ class Node:
         # the links may reorder against each other, but never within one link.
         # An older generation is a replay too, authenticated or not (a recorded
         # heartbeat of an earlier run is): a restarted peer's generation is never
-        # lower, even without its state file (daemon.next_generation).
+        # lower, even without its state file (identity.next_generation).
         newest = p.link_seq.get(link, (-1, -1))
         if key <= newest:
             return [Event(EventKind.REPLAY, {"peer": p.name, "link": link,

@@ -10,7 +10,7 @@ Layout (network byte order), 44 bytes + name + 32 bytes of MAC::
     flags   2  FLAG_* bits
     cluster 4  cluster id: packets of another cluster are dropped
     gen     4  generation, unsigned: grows on every start of a node (persisted, and
-               at least the wall clock in seconds: daemon.next_generation)
+               at least the wall clock in seconds: identity.next_generation)
     seq     8  sequence number within a generation
     sent    8  sender's wall clock, ms (for timelines only, never for decisions)
     nlen    1  length of the node name (1-32)
@@ -20,7 +20,7 @@ Layout (network byte order), 44 bytes + name + 32 bytes of MAC::
 
 A receiver takes (gen, seq) as one number that only grows: anything not above the
 newest seen on a link is a replay, so a node's generation must never go back, even
-when its state file is lost (see ``daemon.next_generation`` for the one case left).
+when its state file is lost (see ``identity.next_generation`` for the one case left).
 
 ``decode`` raises :class:`WireError` with a short reason for anything
 malformed, truncated, oversized, of another version or cluster, or with a

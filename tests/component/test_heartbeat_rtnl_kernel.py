@@ -57,8 +57,8 @@ from daemonkit.log import EventLog
 from tests.unit.test_heartbeat_wire_config import CFG
 out = io.StringIO()
 daemon = Daemon(config.loads(CFG.format(key="/k")), "hb.toml", EventLog("heartbeat", stream=out))
-steps["removed"] = [daemon._delete("lo", on_lo), daemon._delete("lo", on_lo),
-                    daemon._delete("nosuchdev", vip)]
+steps["removed"] = [daemon.vip._delete("lo", on_lo), daemon.vip._delete("lo", on_lo),
+                    daemon.vip._delete("nosuchdev", vip)]
 steps["logged"] = [line.split("event=")[1].split()[0] for line in out.getvalue().splitlines()]
 print(json.dumps(steps))
 """

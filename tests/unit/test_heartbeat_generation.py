@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from heartbeat import wire
-from heartbeat.daemon import MAX_GENERATION, next_generation
 from heartbeat.fsm import Event, EventKind, Node
+from heartbeat.identity import MAX_GENERATION, next_generation
 from heartbeat.wire import State
 from tests.unit.test_heartbeat_fsm import Sim, T
 

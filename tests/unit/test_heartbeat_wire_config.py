@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 
 from daemonkit.errors import ConfigError, DaemonError
 from heartbeat import config, wire
-from heartbeat.daemon import budget_ms, garp_frames, main, read_key
+from heartbeat.control import budget_ms
+from heartbeat.daemon import main
+from heartbeat.identity import read_key
+from heartbeat.vip import garp_frames
 
 KEY = b"k" * 32
 
