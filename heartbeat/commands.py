@@ -1,15 +1,16 @@
-"""The daemon's external commands, and what each did for the log.
+"""The daemon's external commands: one runner, and what each command did for the log.
 
-``run`` starts a command and waits for it (blocking: a worker thread, or the loop when
-it must wait, as when the forwarding is torn down). ``outcome`` runs one and says what
-it did: its exit status (or ``timeout``, or ``failed``: it could not start), how long it
-took and the start of its stderr. ``InOrder`` runs resources and notify hooks one after
-the other, never interleaved.
+``run`` starts every command the daemon starts (blocking: a worker thread, or the loop
+when it must wait, as when the forwarding is torn down). ``outcome`` runs one and says
+what it did: its exit status (or ``timeout``, or ``failed``: it could not start), how
+long it took and the start of its stderr. ``InOrder`` runs resources and notify hooks
+one after the other, in a worker thread, never interleaved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import time
 from collections.abc import Sequence
@@ -77,15 +78,12 @@ class InOrder:
             if previous is not None:
                 await asyncio.gather(previous, return_exceptions=True)
             for argv in commands:
-                try:
-                    proc = await asyncio.create_subprocess_exec(
-                        *argv, stdout=asyncio.subprocess.DEVNULL,
-                        stderr=asyncio.subprocess.PIPE)
-                    _, err = await proc.communicate()
-                    level = 20 if proc.returncode == 0 else 40
-                    self.log.log(level, what, argv=" ".join(argv), status=proc.returncode,
-                                 stderr=err.decode(errors="replace").strip()[:200] or None)
-                except OSError as e:
-                    self.log.error(what, argv=" ".join(argv), reason=str(e))
+                o = await loop.run_in_executor(
+                    None, functools.partial(outcome, argv, stdout=subprocess.DEVNULL))
+                if o.error is not None:
+                    self.log.error(what, argv=o.argv, reason=o.error)
+                else:
+                    self.log.log(20 if o.ok else 40, what, argv=o.argv, status=o.status,
+                                 stderr=o.stderr)
 
         self._last = loop.create_task(run())
