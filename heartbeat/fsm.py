@@ -174,6 +174,8 @@ class Peer:
 
 
 class Ranked(Protocol):
+    """A node or a peer, as far as ranking goes."""
+
     @property
     def name(self) -> str: ...
     @property
@@ -354,6 +356,7 @@ class Node:
         return []
 
     def standby(self, now: float) -> list[Action]:
+        """Rule 4: a MASTER asks a peer to take over, and keeps the VIP until one has."""
         if self.state is not State.MASTER:
             return [Event(EventKind.STANDBY_IGNORED, {"state": self.state.name})]
         self.flags |= FLAG_STANDBY
@@ -361,13 +364,14 @@ class Node:
         return [Event(EventKind.STANDBY, {}), self.heartbeat()]
 
     def takeover(self, now: float) -> list[Action]:
+        """Become MASTER now, with the takeover flag that wins a conflict (rule 3)."""
         if self.state in (State.MASTER, State.FAULT, State.STOPPED):
             return [Event(EventKind.TAKEOVER_IGNORED, {"state": self.state.name})]
         self.flags |= FLAG_TAKEOVER
         return self._go(State.MASTER, now, "takeover requested")
 
     def shutdown(self, now: float) -> list[Action]:
-        """Leaving: hand over first if we are master (the daemon waits for it)."""
+        """Leaving: hand over first if we are master (rule 4; the daemon waits for it)."""
         self.flags |= FLAG_LEAVING
         if self.state is State.MASTER:
             return self.standby(now)
