@@ -14,16 +14,16 @@ import ipaddress
 import json
 import socket
 import struct
-import subprocess
 from pathlib import Path
 
 from daemonkit.errors import DaemonError
 from daemonkit.log import EventLog
-from heartbeat import config, rtnl
+from heartbeat import commands, config, rtnl
 
 
 def find_interface(network: ipaddress.IPv4Network) -> str:
-    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, check=True)
+    out = commands.run(("ip", "-j", "-4", "addr", "show"))
+    out.check_returncode()
     for link in json.loads(out.stdout or b"[]"):
         for a in link.get("addr_info", []):
             if ipaddress.IPv4Address(a["local"]) in network and link["ifname"] != "lo":
