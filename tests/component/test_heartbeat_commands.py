@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,35 @@ def test_commands_run_in_order_after_the_ones_before(tmp_path: Path,
         "level=error daemon=heartbeat event=notify argv=/nonexistent "
         "reason=\"[Errno 2] No such file or directory: '/nonexistent'\""]
     assert "hello" not in capfd.readouterr().out  # stdout goes nowhere
+
+
+def test_a_hook_that_hangs_holds_up_neither_the_loop_nor_its_end(tmp_path: Path) -> None:
+    """As before the split: the daemon's exit does not wait for a hung hook (a worker
+    thread running it would hold up the end of ``asyncio.run``, which shuts the
+    default executor down, until the hook ended)."""
+    pidfile = tmp_path / "pid"
+    out = io.StringIO()
+    q = InOrder(EventLog("heartbeat", stream=out))
+
+    async def hang() -> None:
+        q.run("notify", [["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"]])
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert loop.time() - t0 < 10, "the hook never started"
+            await asyncio.sleep(0.01)  # the loop runs while the hook hangs
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(hang())
+        t0 = time.monotonic()
+        loop.run_until_complete(loop.shutdown_default_executor())  # as asyncio.run ends
+        assert time.monotonic() - t0 < 30  # the hook hangs for 60 s
+        assert out.getvalue() == ""  # still running: nothing is logged yet
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)  # ours
+        if q._last is not None:
+            loop.run_until_complete(q._last)  # it ends with the hook
+        loop.close()
+    assert "event=notify" in out.getvalue() and "status=-9" in out.getvalue()
