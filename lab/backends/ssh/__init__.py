@@ -34,11 +34,8 @@ from __future__ import annotations
 import fcntl
 import io
 import os
-import shlex
 import shutil
-import subprocess
 import sys
-import tarfile
 import threading
 import time
 from collections.abc import Sequence
@@ -46,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from lab.backend import Backend, HostPaths, Result, ServiceSpec, ServiceState
+from lab.backend import Backend, HostPaths
 from lab.backends.ssh import inventory as inv_mod
 from lab.backends.ssh.deploy import (
     INSTALLER_ZIP,
@@ -61,21 +58,15 @@ from lab.backends.ssh.deploy import (
     wheels_target,
     zip_installer,
 )
-from lab.backends.ssh.inventory import Inventory, Target
-from lab.backends.ssh.systemd import (
-    POWERED_OFF,
-    SERVICES_DIR,
-    distro_unit,
-    restart_unless_started,
-    unit_for,
-)
-from lab.backends.ssh.transport import HOST_KEY_PUB, SSH_PERSIST, _TrustOnFirstUse, ssh_block
+from lab.backends.ssh.inventory import Inventory
+from lab.backends.ssh.systemd import POWERED_OFF, SystemdServices
+from lab.backends.ssh.transport import HOST_KEY_PUB, SshTransport
 from lab.errors import HalabError
 from lab.system import run_local
 from lab.topology import Topology
 
 
-class SshBackend(Backend):
+class SshBackend(SshTransport, SystemdServices, Backend):
     kind = "ssh"
     user_keys = True  # the hosts' users keep their own keys (the inventory's login)
     keeps_host_keys = True
@@ -95,18 +86,6 @@ class SshBackend(Backend):
         return cls(topology, inv_mod.load(path, topology))
 
     # where the hosts are ----------------------------------------------------------
-
-    def targets(self) -> dict[str, Target]:
-        """How SSH reaches each host (that is up)."""
-        assert self.inventory is not None
-        return self.inventory.hosts
-
-    def _target(self, host: str) -> Target:
-        self.host(host)
-        t = self.targets().get(host)
-        if t is None:
-            raise HalabError(f"{host}: not up (run `halab --lab {self.kind} up`)")
-        return t
 
     def is_up(self) -> bool:
         return not self._unreachable()
@@ -138,163 +117,7 @@ class SshBackend(Backend):
                 self.run(h, ["systemctl", "disable", "-q", "--now", *units], timeout=120)
         self.close()
 
-    # ssh --------------------------------------------------------------------------
-
-    def _login_host_keys(self, host: str, t: Target) -> list[str]:
-        """How a login checks the host's key: against the inventory's known_hosts, else
-        trusted on first use and remembered."""
-        if t.known_hosts:
-            return ["StrictHostKeyChecking yes", f"UserKnownHostsFile {t.known_hosts}"]
-        return ["StrictHostKeyChecking accept-new",
-                f"UserKnownHostsFile {self._tofu_file()}"]
-
-    def _tofu_file(self) -> Path:
-        path = self.control_dir / "known_hosts.login"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
-        return path
-
-    def _trust(self, client: Any, host: str, t: Target) -> None:
-        """paramiko's side of ``_login_host_keys``."""
-        import paramiko
-
-        known = Path(t.known_hosts) if t.known_hosts else self._tofu_file()
-        try:
-            client.get_host_keys().load(str(known))
-        except OSError as e:
-            raise HalabError(f"{host}: known_hosts {known}: {e.strerror}") from None
-        client.set_missing_host_key_policy(paramiko.RejectPolicy() if t.known_hosts
-                                           else _TrustOnFirstUse(known))
-
-    def ssh_config_path(self) -> Path:
-        """An ssh_config for the inventory's login on every host (that is up); rewritten
-        at each call (VMs come up one by one)."""
-        text = "\n".join(
-            ssh_block(h, t, [f"User {t.user}", *self._login_host_keys(h, t),
-                             "PasswordAuthentication no", "LogLevel FATAL",
-                             "ServerAliveInterval 10", f"ControlPersist {SSH_PERSIST}",
-                             "ControlMaster auto", f"ControlPath {self.control_dir}/cm-%h"])
-            for h, t in self.targets().items())
-        path = self.control_dir / "ssh_config"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".ssh_config.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        return path
-
-    def ssh_config(self) -> str:
-        """Every host as root with the lab operator key (after provisioning), its host
-        key checked against the lab's."""
-        return "\n".join(
-            ssh_block(h, t, ["User root", f"IdentityFile {self.control_dir}/operator_ed25519",
-                             "IdentitiesOnly yes", "PasswordAuthentication no",
-                             "StrictHostKeyChecking yes",
-                             f"UserKnownHostsFile {self.control_dir}/known_hosts",
-                             f"HostKeyAlias {h}", "LogLevel ERROR", "ControlPersist 120",
-                             "ControlMaster auto", f"ControlPath {self.control_dir}/root-%h"],
-                      login=False)
-            for h, t in self.targets().items())
-
-    def connection(self, host: str) -> Any:
-        """A fabric Connection to ``host`` (the login user), kept open."""
-        import fabric
-
-        with self._lock:
-            conn = self._conns.get(host)
-            if conn is None:
-                t = self._target(host)  # (once per connection: the vagrant backend reads
-                # its VMs' records from disk)
-                cfg = fabric.Config(runtime_ssh_path=str(self.ssh_config_path()))
-                # an SSH handshake under TCG, five at once, can take many seconds
-                wait = 30 * self.slowness
-                conn = fabric.Connection(host, config=cfg, connect_timeout=wait,
-                                         connect_kwargs={"banner_timeout": wait,
-                                                         "auth_timeout": wait})
-                self._trust(conn.client, host, t)
-                self._conns[host] = conn
-            return conn
-
-    def _close(self, host: str) -> None:
-        with self._lock:
-            conn = self._conns.pop(host, None)
-        if conn is not None:
-            conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._conns.values():
-                conn.close()
-            self._conns.clear()
-        cfg = self.control_dir / "ssh_config"
-        if cfg.exists():  # the ssh connection masters (command())
-            for h in self.topology.hosts:
-                subprocess.run(["ssh", "-F", str(cfg), "-O", "exit", h], capture_output=True,
-                               check=False)
-
-    # commands and files -------------------------------------------------------------
-
-    @staticmethod
-    def _sudo(user: str, argv: Sequence[str]) -> str:
-        line = shlex.join(argv)
-        return line if user == "root" else "sudo -n -- " + line
-
-    def command(self, host: str, argv: Sequence[str]) -> list[str]:
-        """ssh with a tty (the remote command ends with the session), riding on a
-        connection master started beforehand: a master forked by this very command
-        would hold its stdout open after the command ended."""
-        self.host(host)
-        cfg = str(self.ssh_config_path())
-        if subprocess.run(["ssh", "-F", cfg, "-O", "check", host], capture_output=True,
-                          check=False).returncode != 0:
-            subprocess.run(["ssh", "-F", cfg, "-f", "-N", "-o", "ControlMaster=yes", host],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=60 * self.slowness, check=False)
-        return ["ssh", "-F", cfg, "-tt", "-o", "ControlMaster=no", "-o", "LogLevel=ERROR", host,
-                self._sudo(self._target(host).user, argv)]
-
-    def _check_on(self, host: str, argv: Sequence[str]) -> None:
-        """Before a command: raise if it cannot run there (the vagrant backend: a VM
-        whose power is off)."""
-
-    def execute(self, host: str, argv: Sequence[str], *, input: bytes | None,
-                timeout: float) -> Result:
-        if input is not None:
-            raise HalabError(f"the {self.kind} backend passes no input to commands")
-        self._check_on(host, argv)
-        conn = self.connection(host)
-        try:
-            res = conn.run(self._sudo(conn.user, argv), hide=True, warn=True, in_stream=False,
-                           timeout=timeout * self.slowness)
-        except Exception as e:  # invoke's CommandTimedOut, paramiko's SSH errors
-            raise HalabError(f"{host}: `{' '.join(argv)}`: {type(e).__name__}: {e}") from None
-        return Result(list(argv), res.exited, res.stdout.encode(), res.stderr.encode())
-
-    def put_file(self, host: str, path: str, content: bytes | str, mode: int = 0o644) -> None:
-        self.put_files(host, [(path, content, mode)])
-
-    def put_files(self, host: str, files: Sequence[tuple[str, bytes | str, int]]) -> None:
-        """One tar archive (owner root, each file's mode), unpacked at / in one command
-        (every command is an SSH round trip: half a second under TCG), then synced: a
-        power loss soon after must not leave them empty (ext4's delayed allocation)."""
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for path, content, mode in files:
-                data = content.encode() if isinstance(content, str) else content
-                info = tarfile.TarInfo(path.lstrip("/"))
-                info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-                tar.addfile(info, io.BytesIO(data))
-        buf.seek(0)
-        tmp = f"/tmp/.halab-{os.getpid()}-{threading.get_ident()}.tar"
-        self.connection(host).put(buf, tmp)
-        self.run(host, ["sh", "-c", f"tar -x --no-overwrite-dir -C / -f {tmp}; r=$?; "
-                                    f"rm -f {tmp}; sync; exit $r"])
-
-    def read_file(self, host: str, path: str) -> bytes:
-        res = self.run(host, ["cat", path], check=False)
-        if not res.ok:
-            raise HalabError(f"{host}: no file {path}")
-        return res.stdout
+    # files -----------------------------------------------------------------------------
 
     def paths(self, host: str) -> HostPaths:
         self.host(host)
@@ -390,97 +213,6 @@ class SshBackend(Backend):
         self.run(host, ["sh", "-c", install_script(
             VENV, WHEELS_TMP, digest, target, tar=tar,
             dirs=[str(hp.run), str(hp.log), str(hp.state)])], timeout=900)
-
-    # services (systemd) ---------------------------------------------------------------
-
-    def _unit(self, host: str, name: str) -> str:
-        try:
-            return self.read_file(host, f"{SERVICES_DIR}/{name}").decode().strip()
-        except HalabError:
-            raise HalabError(f"{host}: no service {name!r}") from None
-
-    def _units(self, host: str) -> list[str]:
-        """The units of every service provisioned on ``host``."""
-        out = self.run(host, ["sh", "-c", f"cat {SERVICES_DIR}/* 2>/dev/null; true"]).text
-        return out.split()
-
-    def start_service(self, host: str, spec: ServiceSpec) -> ServiceState:
-        """Restart the unit where it is not active or was started from other inputs
-        (its files, its unit, for halab's daemons the halab build installed), which
-        are noted on the host; else leave it running. A notify unit returns once ready."""
-        unit, text = unit_for(spec)
-        self._install_unit(host, unit, text, restart_unless_started(spec, unit, text),
-                           [(f"{SERVICES_DIR}/{spec.name}", unit + "\n", 0o644)],
-                           replaces=distro_unit(spec) if spec.unit is None else None)
-        self._wait_ready(host, spec)
-        return self._state(host, spec.name, unit)
-
-    def enable_at_boot(self, host: str, unit: str, text: str) -> None:
-        self._install_unit(host, unit, text)
-
-    def _install_unit(self, host: str, unit: str, text: str | None, then: str = "",
-                      files: Sequence[tuple[str, bytes | str, int]] = (),
-                      replaces: str | None = None) -> None:
-        """Install ``unit`` (None: the system's own), enable it, run ``then``: in one
-        command, and without what costs seconds under TCG when nothing changed
-        (systemd's daemon-reload, `systemctl enable`). ``replaces``: the distribution's
-        unit that this one stands in for, stopped and disabled when it is installed."""
-        path = f"/etc/systemd/system/{unit}"
-        staged = f"{SERVICES_DIR}/.{unit}.new"
-        script = ""
-        if text is not None:
-            files = [*files, (staged, text, 0o644)]
-            off = (f"systemctl disable -q --now {replaces} 2>/dev/null; " if replaces else "")
-            script = (f"if cmp -s {staged} {path}; then rm {staged}; "
-                      f"else {off}mv {staged} {path} && systemctl daemon-reload; fi && ")
-        script += (f"{{ systemctl is-enabled -q {unit} || "
-                   f"systemctl enable -q --no-reload {unit}; }}")
-        if then:
-            script += f" && {{ {then}; }}"
-        if files:
-            self.put_files(host, files)
-        self.run(host, ["sh", "-c", script], timeout=120)
-
-    def _wait_ready(self, host: str, spec: ServiceSpec) -> None:
-        deadline = time.monotonic() + 60 * self.slowness
-        while True:
-            ports = self.run(host, ["ss", "-Hltn"]).text
-            listening = all(f":{p} " in ports for p in spec.listens)
-            ready = spec.ready_path is None or self.run(
-                host, ["test", "-e", spec.ready_path], check=False).ok
-            if listening and ready:
-                return
-            if time.monotonic() > deadline:
-                raise HalabError(f"{host}: {spec.name} not ready within "
-                                 f"{60 * self.slowness:g} s")
-            time.sleep(0.2)
-
-    def _state(self, host: str, name: str, unit: str) -> ServiceState:
-        out = self.run(host, ["systemctl", "show", "-p", "ActiveState,MainPID", unit]).text
-        props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-        pid = int(props.get("MainPID", "0") or 0)
-        active = props.get("ActiveState") == "active"
-        return ServiceState(host, name, active, pid or None, f"{unit} {props.get('ActiveState')}")
-
-    def stop_service(self, host: str, name: str) -> float:
-        return self.run_timed(host, ["systemctl", "stop", self._unit(host, name)], timeout=60)
-
-    def restart_service(self, host: str, name: str) -> ServiceState:
-        unit = self._unit(host, name)
-        self.run(host, ["systemctl", "restart", unit], timeout=120)
-        return self._state(host, name, unit)
-
-    def services(self, host: str) -> list[ServiceState]:
-        names = self.run(host, ["ls", SERVICES_DIR], check=False).text.split()
-        return [self._state(host, n, self._unit(host, n)) for n in names]
-
-    def service_log(self, host: str, name: str) -> Path:
-        raise HalabError(f"{host}: {name} logs to the journal: "
-                         f"halab exec {host} -- journalctl -u {self._unit(host, name)}")
-
-    def log_text(self, host: str, name: str) -> str:
-        return self.run(host, ["journalctl", "-q", "-o", "cat", "--no-pager", "-u",
-                               self._unit(host, name)], timeout=60).text
 
     # faults, from inside the host ------------------------------------------------------
 
