@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
@@ -23,13 +23,20 @@ from balancer import http, retry
 
 if TYPE_CHECKING:
     from balancer.runtime import Balancer
-    from balancer.upstream import Exchange
 
 BODY_BUFFER = 64 * 1024  # body bytes held while no exchange sends them: then stop reading
 MAX_PIPELINE = 32  # requests queued on a connection before it is not read
 MAX_QUEUED = 4 * MAX_PIPELINE  # ... and what one read may add: beyond, 400
 # why a client is not read (several at once; reading resumes when none is left)
 PIPELINE, BODY, SERVER_FULL, BROKEN = 1, 2, 4, 8
+
+
+class BodySink(Protocol):
+    """Where a request's body goes as it arrives: the exchange sending it to a server
+    (``upstream.Exchange``)."""
+
+    def send_body(self, data: bytes) -> None: ...
+    def end_body(self) -> None: ...
 
 
 class Request:
@@ -51,7 +58,7 @@ class Request:
         self.body_size = 0
         self.body_done = False
         self.replayable = True
-        self.sink: Exchange | None = None  # the exchange streaming this body now
+        self.sink: BodySink | None = None  # the exchange streaming this body now
         self.started = time.monotonic()
         self.tried: list[str] = []  # servers whose attempt failed
         self.attempts = 0

@@ -18,7 +18,7 @@ and body leave in one system call.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -28,8 +28,29 @@ from balancer.retry import AttemptFailed
 from balancer.runtime import Balancer, ServerRuntime
 from daemonkit.check import out_of_fds
 
-if TYPE_CHECKING:
-    from balancer.client import ClientConn
+
+class Client(Protocol):
+    """What an exchange needs of the client connection it answers (``client.ClientConn``):
+    its writes (corked while a server's bytes are parsed, a head held back until its body
+    arrives) and flow control, and what it is told when the exchange ends."""
+
+    peer: str  # the client's address, for the request head and the log
+    exchange: Exchange | None  # the exchange writing to it now
+    corked: bool
+    hold: bool
+    closing: bool
+    not_reading: bool  # our writes to it are paused: it does not read
+
+    def write(self, data: bytes) -> None: ...
+    def uncork(self) -> None: ...
+    def pause(self, why: int) -> None: ...
+    def resume(self, why: int) -> None: ...
+    def abort(self) -> None: ...
+    def log_client(self, event: str, reason: str, status: int = 0) -> None: ...
+    def exchange_done(self, ex: Exchange) -> None: ...
+    def attempt_failed(self, req: Request, rt: ServerRuntime, ex: Exchange | None,
+                       err: AttemptFailed) -> None: ...
+
 
 REASON_BYTES = {code: text.encode() for code, text in http.REASONS.items()}
 
@@ -184,7 +205,7 @@ class Exchange:
         "until_close",
     )
 
-    def __init__(self, bal: Balancer, client: ClientConn, req: Request, rt: ServerRuntime,
+    def __init__(self, bal: Balancer, client: Client, req: Request, rt: ServerRuntime,
                  conn: BackendConn, reused: bool) -> None:
         self.bal = bal
         self.client = client

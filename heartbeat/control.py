@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from heartbeat import config
-
-if TYPE_CHECKING:
-    from heartbeat.daemon import Daemon
+from heartbeat import config, fsm
+from heartbeat.vip import Vip
 
 COMMANDS = "status, standby, takeover, events"
 
@@ -27,6 +28,21 @@ def budget_ms(cfg: config.Config) -> dict[str, int]:
 def failed(e: Exception) -> str:
     """The answer when a command raised (``daemonkit.control`` logs it)."""
     return json.dumps({"error": f"internal error: {e!r}"}) + "\n"
+
+
+class Daemon(Protocol):
+    """What the commands read of the daemon (``heartbeat.daemon.Daemon``), and where
+    they send the state machine's answer to standby and takeover."""
+
+    cfg: config.Config
+    node: fsm.Node
+    loop: asyncio.AbstractEventLoop
+    vip: Vip
+    generation: int
+    counters: collections.Counter[str]
+    events: collections.deque[dict[str, Any]]
+
+    def perform(self, actions: Sequence[fsm.Action]) -> None: ...
 
 
 class Control:
