@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -37,56 +38,82 @@ def say(line: str) -> None:
         print(line, flush=True)
 
 
+def _global_options(p: argparse.ArgumentParser, here: bool) -> None:
+    """The options of every command, taken before or after the command's name
+    (``halab --lab ssh status`` = ``halab status --lab ssh``). ``here``: the top level,
+    which holds the defaults; after a command, one that is not given leaves them."""
+    def default(value: str | None) -> str | None:
+        return value if here else argparse.SUPPRESS
+
+    p.add_argument("--topology", metavar="FILE",
+                   default=default(os.environ.get("HALAB_TOPOLOGY")),
+                   help="topology file (default: $HALAB_TOPOLOGY, else lab/topology.yaml)")
+    p.add_argument("--lab", choices=KINDS,
+                   default=default(os.environ.get("HALAB_LAB", "netns")),
+                   help="lab backend (default: $HALAB_LAB or netns)")
+    p.add_argument("--inventory", metavar="FILE",
+                   default=default(os.environ.get("HALAB_INVENTORY")),
+                   help="--lab ssh: how SSH reaches each host (default: $HALAB_INVENTORY)")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("halab")
+    except PackageNotFoundError:  # a checkout run without installing it
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="halab",
         description="A reproducible high-availability, load-balanced website lab.",
     )
-    p.add_argument("--topology", metavar="FILE",
-                   default=os.environ.get("HALAB_TOPOLOGY"),
-                   help="topology file (default: $HALAB_TOPOLOGY, else lab/topology.yaml)")
-    p.add_argument("--lab", choices=KINDS, default=os.environ.get("HALAB_LAB", "netns"),
-                   help="lab backend (default: $HALAB_LAB or netns)")
-    p.add_argument("--inventory", metavar="FILE", default=os.environ.get("HALAB_INVENTORY"),
-                   help="--lab ssh: how SSH reaches each host (default: $HALAB_INVENTORY)")
+    p.add_argument("--version", action="version", version=f"halab {version()}")
+    _global_options(p, here=True)
+    globals_after = argparse.ArgumentParser(add_help=False)
+    _global_options(globals_after, here=False)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    add = functools.partial(sub.add_parser, parents=[globals_after])
 
-    sub.add_parser("up", help="create the hosts and networks, provision them (idempotent)")
-    sub.add_parser("down", help="stop everything and remove every trace of the lab")
-    pv = sub.add_parser("provision", help="provision the hosts that are up again, or those "
+    add("up", help="create the hosts and networks, provision them (idempotent)")
+    add("down", help="stop everything and remove every trace of the lab")
+    pv = add("provision", help="provision the hosts that are up again, or those "
                         "named (idempotent; Vagrant's trigger runs it per VM)")
     pv.add_argument("--host", action="append", dest="hosts", metavar="HOST",
                     help="only this host (repeatable)")
     pv.add_argument("--if-needed", action="store_true",
                     help="--lab vagrant: skip a host provisioned already on this VM, in "
                     "this boot, with this build and inputs (the trigger after `vagrant up`)")
-    st = sub.add_parser("status", help="hosts, addresses and services")
+    st = add("status", help="hosts, addresses and services")
     st.add_argument("--json", action="store_true", help="machine-readable output")
-    ck = sub.add_parser("check", help="validate a topology file and exit")
+    ck = add("check", help="validate a topology file and exit")
     ck.add_argument("file", nargs="?", help="topology file (default: --topology)")
-    ex = sub.add_parser("exec", help="run a command on a host: halab exec HOST -- CMD...")
+    ex = add("exec", help="run a command on a host: halab exec HOST -- CMD...")
     ex.add_argument("host")
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
-    sh = sub.add_parser("shell", help="an interactive shell on a host")
+    sh = add("shell", help="an interactive shell on a host")
     sh.add_argument("host")
-    lg = sub.add_parser("logs", help="print a host's service logs")
+    lg = add("logs", help="print a host's service logs")
     lg.add_argument("host")
     lg.add_argument("service", nargs="?")
     lg.add_argument("-f", "--follow", action="store_true")
     for verb in ("start", "stop", "restart"):
-        sv = sub.add_parser(verb, help=f"{verb} a supervised service on a host")
+        sv = add(verb, help=f"{verb} a supervised service on a host")
         sv.add_argument("host")
         sv.add_argument("service")
-    sub.add_parser("demo", help="show the lab working: status, then the curl loop through it")
-    sub.add_parser("ssh-config", help="print an ssh_config for every host "
+    add("demo", help="show the lab working: status, then the curl loop through it")
+    add("ssh-config", help="print an ssh_config for every host "
                    "(ssh -F <(halab ssh-config) dir0)")
-    vg = sub.add_parser("vagrant", help="run vagrant as halab does (--lab vagrant: libvirtd "
+    vg = add("vagrant", help="run vagrant as halab does (--lab vagrant: libvirtd "
                         "started, in its namespace): halab --lab vagrant vagrant -- up")
     vg.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGS")
-    iv = sub.add_parser("inventory", help="--lab vagrant: write an inventory for the ssh "
+    iv = add("inventory", help="--lab vagrant: write an inventory for the ssh "
                         "backend that reaches the VMs as Vagrant's user")
     iv.add_argument("-o", "--output", metavar="FILE", help="write it here (default: stdout)")
-    bx = sub.add_parser("box", help="the Vagrant box: halab box build [--force]")
+    bx = add("box", help="the Vagrant box: halab box build [--force]")
     bx.add_argument("action", choices=["build"])
     bx.add_argument("--force", action="store_true", help="rebuild even if it is cached")
     return p
