@@ -15,7 +15,8 @@ Rules checked here:
   web), addresses inside their network, neither its network nor broadcast
   address, no address used twice
 * roles: a client is on public only, a director on public and private, a web
-  node on private only; at least one of each
+  node on private only; at least one of each, and two directors (the heartbeat
+  moves the VIP between them: a lone director has no peer)
 * the VIP lies inside the public network and belongs to no host
 * ports: integers 1-65535; http, admin and ssh are distinct TCP ports
 """
@@ -323,6 +324,10 @@ class _Validator:
         for role in Role:
             if not any(h.role is role for h in hosts.values()):
                 raise self.fail("hosts", f"needs at least one host with role {role.value}")
+        directors = [h.name for h in hosts.values() if h.role is Role.DIRECTOR]
+        if len(directors) < 2:
+            raise self.fail("hosts", f"needs two hosts with role director, the VIP moves "
+                            f"between them (has {len(directors)}: {', '.join(directors)})")
         return hosts
 
     def vip(self, value: Any, networks: dict[str, Network], hosts: dict[str, Host]) -> Vip:

@@ -52,3 +52,15 @@ def test_a_command_s_own_argv_keeps_options_of_the_same_name() -> None:
 def test_version() -> None:
     res = halab("--version")
     assert (res.returncode, res.stdout) == (0, f"halab {version('halab')}\n")
+
+
+def test_check_refuses_a_lab_of_one_director(tmp_path: Path) -> None:
+    """It used to pass ``halab check``, then fail in ``up`` (no peer for the heartbeat)."""
+    text = TOPOLOGY.read_text()
+    start = text.index("  dir1:\n")
+    one = tmp_path / "one.yaml"
+    one.write_text(text[:start] + text[text.index("  web0:\n"):])
+    res = halab("check", str(one))
+    assert (res.returncode, res.stdout) == (2, "")
+    assert res.stderr == (f"halab: error: {one}: hosts: needs two hosts with role director, "
+                          "the VIP moves between them (has 1: dir0)\n")

@@ -146,6 +146,8 @@ ERRORS: list[tuple[str, Callable[[dict[str, Any]], Any], str, str]] = [
     ("no web node", _drop_role("web"), "hosts", "role web"),
     ("no director", _drop_role("director"), "hosts", "role director"),
     ("no client", _drop_role("client"), "hosts", "role client"),
+    ("one director", _del("hosts.dir1"), "hosts",
+     "needs two hosts with role director, the VIP moves between them (has 1: dir0)"),
     ("vip outside public", _set("vip.address", "198.18.0.100"), "vip.address",
      "not a host address of public"),
     ("vip on private network", _set("vip.network", "private"), "vip.network",
