@@ -8,23 +8,25 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from harness.traffic import vip_state
 from lab.backend import Backend
 from lab.errors import HalabError
 from lab.topology import Host, Role
 
 
-def _live_addresses(backend: Backend, host: str) -> dict[str, list[str]] | None:
-    """Interface -> IPv4 addresses as the host reports them (None if unreachable)."""
+def _live_addresses(backend: Backend, host: str) -> bytes | None:
+    """``ip -j -4 addr show`` on the host (None if unreachable)."""
     try:
-        out = backend.run(host, ["ip", "-j", "-4", "addr", "show"], timeout=5).stdout
+        return backend.run(host, ["ip", "-j", "-4", "addr", "show"], timeout=5).stdout
     except HalabError:
         return None
-    result: dict[str, list[str]] = {}
-    for link in json.loads(out or b"[]"):
-        result[link["ifname"]] = [
-            f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
-        ]
-    return result
+
+
+def _addresses(ip_addr_json: bytes) -> dict[str, list[str]]:
+    """Interface -> its IPv4 addresses (CIDR)."""
+    return {link["ifname"]: [f"{a['local']}/{a['prefixlen']}"
+                             for a in link.get("addr_info", [])]
+            for link in json.loads(ip_addr_json or b"[]")}
 
 
 def _backend_health(backend: Backend, host: Host) -> list[dict[str, Any]] | None:
@@ -45,17 +47,20 @@ def gather(backend: Backend) -> dict[str, Any]:
     topo = backend.topology
     up = backend.is_up()
     hosts = []
-    vip_holders = []
+    vip_holders, vip_silent = [], []
     for host in backend.hosts():
-        live = _live_addresses(backend, host.name) if up else None
+        raw = _live_addresses(backend, host.name) if up else None
+        live = _addresses(raw) if raw is not None else None
         ifaces = []
         for iface in host.interfaces:
             present = live is not None and iface.cidr in live.get(iface.name, [])
             ifaces.append({"name": iface.name, "network": iface.network.name,
                            "address": iface.cidr, "present": present})
-        if live and any(a.split("/")[0] == str(topo.vip.address)
-                        for addrs in live.values() for a in addrs):
+        where = vip_state(raw, str(topo.vip.address)) if raw is not None else None
+        if where == "announced":
             vip_holders.append(host.name)
+        elif where == "silent":  # a drain after a handover (on lo), or a cut link
+            vip_silent.append(host.name)
         services = [
             {"name": s.name, "running": s.running, "pid": s.pid, "detail": s.detail}
             for s in (backend.services(host.name) if up else [])
@@ -76,7 +81,8 @@ def gather(backend: Backend) -> dict[str, Any]:
         "backend": backend.kind,
         "topology": str(topo.source),
         "up": up,
-        "vip": {"address": str(topo.vip.address), "holders": vip_holders},
+        "vip": {"address": str(topo.vip.address), "holders": vip_holders,
+                "silent": vip_silent},
         "hosts": hosts,
     }
 
@@ -84,6 +90,8 @@ def gather(backend: Backend) -> dict[str, Any]:
 def render(status: dict[str, Any], console: Console) -> None:
     state = "[green]up[/]" if status["up"] else "[red]down[/]"
     holders = ", ".join(status["vip"]["holders"]) or "nobody"
+    if status["vip"]["silent"]:
+        holders += f" (silent on {', '.join(status['vip']['silent'])}: not announced)"
     table = Table(
         title=f"lab {status['lab']} ({status['backend']}): {state}    "
               f"VIP {status['vip']['address']} on {holders}",

@@ -148,19 +148,26 @@ class ClientLoop:
         return (len(results) - 1) / span if span > 0 else float("inf")
 
 
+def vip_state(ip_addr_json: bytes, vip: str) -> str | None:
+    """Where a host has ``vip``, from its ``ip -j -4 addr show``: ``announced`` (on an
+    interface up on the wire: it answers ARP for it), ``silent`` (only on lo, where a
+    draining VIP stays while its connections finish, or on a link that is down), or
+    None (not at all)."""
+    places = [link for link in json.loads(ip_addr_json or b"[]")
+              if any(a.get("local") == vip for a in link.get("addr_info", []))]
+    if any(link.get("operstate") == "UP" and link["ifname"] != "lo" for link in places):
+        return "announced"
+    return "silent" if places else None
+
+
 def announcing(lab: Backend, director: str, vip: str) -> bool:
-    """Does ``director`` have the VIP on an interface that is up on the wire? (Not lo,
-    where a draining VIP stays silent; not a cut link; a host that cannot be reached,
-    powered off, has nothing.)"""
+    """Does ``director`` announce the VIP (``vip_state``)? A host that cannot be reached,
+    powered off, has nothing."""
     try:
         res = lab.run(director, ["ip", "-j", "-4", "addr", "show"], check=False, timeout=5)
     except HalabError:
         return False
-    if not res.ok:
-        return False
-    return any(link.get("operstate") == "UP" and link["ifname"] != "lo"
-               and any(a.get("local") == vip for a in link.get("addr_info", []))
-               for link in json.loads(res.stdout or b"[]"))
+    return res.ok and vip_state(res.stdout, vip) == "announced"
 
 
 def vip_holders(lab: Backend) -> list[str]:
