@@ -30,7 +30,9 @@ def make_backend(kind: str, topology: Topology, inventory: str | Path | None = N
         return VagrantBackend(topology)
     if kind == "ssh":
         from lab.backends.ssh import SshBackend
+        from lab.backends.ssh.transport import require_fabric
 
+        require_fabric(kind)  # before anything is tried
         return SshBackend.from_inventory(topology, inventory)
     raise HalabError(f"unknown lab backend {kind!r} (known: {', '.join(KINDS)})")
 

@@ -64,3 +64,18 @@ def test_check_refuses_a_lab_of_one_director(tmp_path: Path) -> None:
     assert (res.returncode, res.stdout) == (2, "")
     assert res.stderr == (f"halab: error: {one}: hosts: needs two hosts with role director, "
                           "the VIP moves between them (has 1: dir0)\n")
+
+
+def test_the_ssh_lab_without_fabric_says_which_extra_to_install(tmp_path: Path) -> None:
+    """One line, not a traceback; the hosts (on loopback, closed ports) are not tried."""
+    inv = tmp_path / "inventory.toml"
+    inv.write_text("".join(f'[hosts.{h}]\naddress = "127.0.0.1"\nport = 1\n'
+                           for h in ("client", "dir0", "dir1", "web0", "web1")))
+    res = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['fabric'] = None; "
+         "from halab.cli import main; sys.exit(main(sys.argv[1:]))",
+         "status", "--lab", "ssh", "--inventory", str(inv)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert (res.returncode, res.stdout) == (2, "")
+    assert res.stderr == ("halab: error: the ssh lab needs fabric, which is not installed: "
+                          "pip install 'halab[ssh]' (./bootstrap deps has it)\n")

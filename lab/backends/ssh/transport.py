@@ -6,6 +6,7 @@ OpenSSH and the operator; host keys checked, or trusted on first use and remembe
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import io
 import os
 import shlex
@@ -24,6 +25,14 @@ from lab.topology import Host, Topology
 
 SSH_PERSIST = 600
 HOST_KEY_PUB = "/etc/ssh/ssh_host_ed25519_key.pub"
+
+
+def require_fabric(kind: str) -> None:
+    """The ssh and vagrant labs reach their hosts with fabric (and paramiko, which comes
+    with it): without it, one line that says what to install."""
+    if importlib.util.find_spec("fabric") is None:
+        raise HalabError(f"the {kind} lab needs fabric, which is not installed: "
+                         f"pip install 'halab[ssh]' (./bootstrap deps has it)")
 
 
 def ssh_block(name: str, t: Target, lines: Sequence[str], login: bool = True) -> str:
@@ -134,6 +143,7 @@ class SshTransport(Transport):
 
     def connection(self, host: str) -> Any:
         """A fabric Connection to ``host`` (the login user), kept open."""
+        require_fabric(self.kind)
         import fabric
 
         with self._lock:
