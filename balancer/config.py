@@ -1,55 +1,8 @@
 """The balancer's TOML configuration: typed, validated, with one-line errors.
 
-Example (provision/ renders one per director from lab/topology.yaml)::
-
-    [global]
-    maxconn = 20000                      # client connections at once (per worker)
-    workers = 1                          # processes sharing the listeners (SO_REUSEPORT)
-    admin_socket = "/run/halab/balancer.sock"
-    access_log = true
-
-    [frontend]
-    bind = ["192.0.2.100:80", "192.0.2.11:80"]
-    mode = "http"                        # http | tcp
-    max_header_size = 16384              # bytes; larger header section -> 431
-    max_url_size = 8192                  # bytes; longer request target -> 414
-
-    [backend]
-    algorithm = "roundrobin"             # roundrobin | leastconn | source
-    retries = 3                          # extra attempts after a failed one
-    redispatch = true                    # retry on another server
-    error_limit = 2                      # consecutive errors on real traffic -> DOWN
-    pool_size = 64                       # idle keep-alive connections per server
-
-    [timeouts]                           # milliseconds
-    connect = 200
-    client = 30000                       # idle client keep-alive
-    client_header = 5000                 # whole request head (slowloris)
-    server = 30000                       # waiting for the response
-    queue = 2000                         # waiting for a free server slot
-    drain = 10000                        # SIGTERM: time for in-flight requests
-
-    [health]
-    check = "http"                       # http | tcp | none
-    path = "/healthz"
-    expect_status = 200
-    inter = 200                          # ms between checks while UP
-    fastinter = 100                      # ... while changing state
-    downinter = 500                      # ... while DOWN
-    rise = 2
-    fall = 2
-    timeout = 150
-
-    [admin]
-    bind = "192.0.2.111:8404"            # stats page, /stats.json, /metrics
-
-    [[servers]]
-    name = "web0"
-    address = "192.0.2.121:80"
-    weight = 1                           # 0-256
-    maxconn = 0                          # 0: unlimited
-    backup = false
-    slowstart = 0                        # ms to ramp the weight up after rejoining
+Every key, with its default or a typical value and what it does, is in
+``examples/balancer.toml`` (the tests run ``--check`` on it); provision/ renders one
+per director from lab/topology.yaml.
 
 The defaults are halab's: fast ejection (a refusing backend is DOWN within
 0.5 s, a blackholed one within 1 s) with retries and redispatch so that a

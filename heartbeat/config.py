@@ -1,61 +1,7 @@
 """The heartbeat daemon's TOML configuration (rendered per director by provision/).
 
-    [node]
-    name = "dir0"
-    priority = 150                 # 0-255; higher wins an election
-    preempt = false                # take the VIP from a lower-priority master
-                                   # (off: auto_failback off, as in the seed)
-    [cluster]
-    id = 1                         # packets of another cluster are dropped
-    nodes = ["dir0", "dir1"]
-    key_file = "/etc/halab/authkey"      # must not be readable by group/other
-    port = 694
-    state_file = "/var/lib/halab/heartbeat.state"   # the generation counter
-    control_socket = "/run/halab/heartbeat.sock"    # hbctl
-
-    [timers]                       # milliseconds
-    keepalive = 50                 # a heartbeat on every link this often
-    deadtime = 200                 # a peer silent on all links this long is dead
-    warntime = 100                 # ... this long: logged as late
-    initdead = 1000                # at start, wait this long for peers
-
-    [[links]]                      # every network the nodes share
-    name = "private"
-    bind = "192.0.2.111"
-    peers = ["192.0.2.112"]        # unicast to each; only these sources are heard
-    multicast = "239.255.6.94"     # optional: send to this group instead (the
-                                   # firewall must then accept the group address)
-
-    [vip]
-    address = "192.0.2.100/24"
-    interface = ""                 # default: the interface on the VIP's network
-    garp_count = 3                 # gratuitous ARPs on takeover ...
-    garp_interval = 50             # ... this many ms apart
-    refresh = 0                    # ms between repeated announcements (0: off)
-    handover_link = "private"      # graceful handover: packets of the old master's
-    handover_window = 5000         # open connections go to it over this link, this long
-    handover_prepare = [["argv", "..."]]  # run in order before a graceful takeover (still
-                                   # BACKUP; the old master serves meanwhile), each within
-                                   # handover_window: warm up what will serve, e.g.
-                                   # requests through the local balancer
-
-    [[track]]                      # a failing one makes this node FAULT
-    name = "balancer"
-    tcp = "192.0.2.111:80"         # a TCP connect, or ping = "ADDR" (a ping node,
-                                   # like heartbeat's ipfail), or command = [argv]
-    interval = 200
-    timeout = 100
-    fall = 2
-    rise = 2
-
-    [resources]                    # haresources: started in order on MASTER,
-    start = [["argv", "..."]]      # stopped in reverse order when leaving it
-    stop = [["argv", "..."]]
-
-    [notify]                       # run with the new state appended (keepalived)
-    master = ["/usr/local/bin/hook"]
-    backup = []
-    fault = []
+Every key, with its default or a typical value and what it does, is in
+``examples/heartbeat.toml`` (the tests run ``--check`` on it).
 """
 
 from __future__ import annotations
@@ -262,7 +208,7 @@ def parse(r: Reader) -> Config:
     res.done()
     nt = r.table("notify")
     notify = {k: _argv(nt, k, nt.value(k, None)) for k in ("master", "backup", "fault")
-              if nt.has(k)}
+              if nt.has(k) and nt.value(k, None) != []}  # []: no hook, as leaving it out
     nt.done()
     r.done()
     if priority == 0:
