@@ -11,6 +11,7 @@ Shared by the balancer and heartbeat configs::
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 from daemonkit.errors import ConfigError
 
 _MISSING: Any = object()
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)")
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
 
 class Reader:
@@ -114,8 +117,26 @@ class Reader:
 
     def ms(self, name: str, default: Any = _MISSING, lo: int = 1,
            hi: int = 3_600_000) -> float:
-        """A duration written in milliseconds, returned in seconds."""
-        return self.integer(name, default, lo=lo, hi=hi) / 1000.0
+        """A duration, returned in seconds: an integer is milliseconds (``200``); a
+        string carries its unit, as HAProxy's timeouts (``"200ms"``, ``"2s"``,
+        ``"1.5s"``, ``"1m"``; also us and h)."""
+        value = self._get(name, default)
+        if isinstance(value, str):
+            m = _DURATION.fullmatch(value.strip())
+            if m is None:
+                raise self.fail(name, f"{value!r} is not a duration: write milliseconds "
+                                      f"(200) or a number with its unit (200ms, 2s, 1m)")
+            ms = float(m[1]) * _UNIT_MS[m[2]]
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(name, f"{value!r} is not a duration: write milliseconds "
+                                  f"(200) or a number with its unit (200ms, 2s, 1m)")
+        else:
+            ms = value
+        if ms < lo:
+            raise self.fail(name, f"{value} must be at least {lo} ms")
+        if ms > hi:
+            raise self.fail(name, f"{value} must be at most {hi} ms")
+        return ms / 1000.0
 
     def endpoint(self, name: str, default: Any = _MISSING) -> tuple[str, int]:
         return self._endpoint(name, self._get(name, default))

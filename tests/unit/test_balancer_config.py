@@ -33,6 +33,15 @@ def test_minimal_config_gets_halab_defaults() -> None:
     assert c.servers[0].weight == 1 and not c.servers[0].backup
 
 
+def test_durations_take_a_unit_or_are_milliseconds() -> None:
+    c = config.loads(MINIMAL + '[timeouts]\nconnect = "300ms"\nclient = "2s"\n'
+                     'server = "1.5s"\nqueue = "1m"\ndrain = 250\n'
+                     '[health]\ninter = "2s"\n')
+    t = c.timeouts
+    assert (t.connect, t.client, t.server, t.queue, t.drain) == (0.3, 2.0, 1.5, 60.0, 0.25)
+    assert c.health.inter == 2.0
+
+
 def test_health_params_are_the_health_sections_timing() -> None:
     c = config.loads(MINIMAL.replace("[[servers]]", """
 [health]
@@ -90,7 +99,11 @@ ERRORS = [
     (MINIMAL.replace("[frontend]", '[frontend]\nmode = "udp"'), "frontend.mode", "one of"),
     (MINIMAL + '[backend]\nalgorithm = "random"\n', "backend.algorithm", "one of"),
     (MINIMAL + '[backend]\nretries = -1\n', "backend.retries", "at least 0"),
-    (MINIMAL + '[timeouts]\nconnect = "200ms"\n', "timeouts.connect", "must be an integer"),
+    (MINIMAL + '[timeouts]\nconnect = "2 sec"\n', "timeouts.connect",
+     "'2 sec' is not a duration: write milliseconds (200) or a number with its unit "
+     "(200ms, 2s, 1m)"),
+    (MINIMAL + '[timeouts]\nconnect = 2.5\n', "timeouts.connect", "is not a duration"),
+    (MINIMAL + '[health]\ninter = "5ms"\n', "health.inter", "5ms must be at least 10 ms"),
     (MINIMAL + '[timeouts]\nconnect = 0\n', "timeouts.connect", "at least 1"),
     (MINIMAL + '[health]\npath = "healthz"\n', "health.path", "must start with /"),
     (MINIMAL + '[health]\nrise = 0\n', "health.rise", "at least 1"),
