@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("up", help="create the hosts and networks, provision them (idempotent)")
     add("down", help="stop everything and remove every trace of the lab")
     pv = add("provision", help="provision the hosts that are up again, or those "
-                        "named (idempotent; Vagrant's trigger runs it per VM)")
+             "named (idempotent; Vagrant's trigger runs it per VM)")
     pv.add_argument("--host", action="append", dest="hosts", metavar="HOST",
                     help="only this host (repeatable)")
     pv.add_argument("--if-needed", action="store_true",
@@ -106,12 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("service")
     add("demo", help="show the lab working: status, then the curl loop through it")
     add("ssh-config", help="print an ssh_config for every host "
-                   "(ssh -F <(halab ssh-config) dir0)")
+        "(ssh -F <(halab ssh-config) dir0)")
     vg = add("vagrant", help="run vagrant as halab does (--lab vagrant: libvirtd "
-                        "started, in its namespace): halab --lab vagrant vagrant -- up")
+             "started, in its namespace): halab --lab vagrant vagrant -- up")
     vg.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGS")
     iv = add("inventory", help="--lab vagrant: write an inventory for the ssh "
-                        "backend that reaches the VMs as Vagrant's user")
+             "backend that reaches the VMs as Vagrant's user")
     iv.add_argument("-o", "--output", metavar="FILE", help="write it here (default: stdout)")
     bx = add("box", help="the Vagrant box: halab box build [--force]")
     bx.add_argument("action", choices=["build"])
