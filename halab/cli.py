@@ -56,14 +56,23 @@ def _global_options(p: argparse.ArgumentParser, here: bool) -> None:
                    help="--lab ssh: how SSH reaches each host (default: $HALAB_INVENTORY)")
 
 
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
+class _Version(argparse.Action):
+    """``--version``: the installed halab's, looked up only when asked for (importing
+    importlib.metadata costs every other command ~40 ms)."""
 
-    try:
-        return installed("halab")
-    except PackageNotFoundError:  # a checkout run without installing it
-        return "unknown (not installed)"
+    def __init__(self, option_strings: Sequence[str], dest: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show halab's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("halab")
+        except PackageNotFoundError:  # a checkout run without installing it
+            found = "unknown (not installed)"
+        print(f"halab {found}")  # (on stdout, as argparse's own version action)
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="halab",
         description="A reproducible high-availability, load-balanced website lab.",
     )
-    p.add_argument("--version", action="version", version=f"halab {version()}")
+    p.add_argument("--version", action=_Version)
     _global_options(p, here=True)
     globals_after = argparse.ArgumentParser(add_help=False)
     _global_options(globals_after, here=False)
