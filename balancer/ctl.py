@@ -1,6 +1,6 @@
 """``balancerctl``: send runtime API commands to a running balancer.
 
-    balancerctl [-s SOCKET] show servers
+    balancerctl [-s SOCKET | -f CONFIG] show servers
     balancerctl set server web0 state drain
 
 The answer goes to stdout and the exit status is 0; an answer with an
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from daemonkit import control
 
+DEFAULT_CONFIG = "/etc/halab/balancer.toml"  # the daemon's own default
 DEFAULT_SOCKET = "/run/halab/balancer.sock"
 
 
@@ -27,11 +28,20 @@ def failed(answer: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="balancerctl", description=__doc__.splitlines()[0])
-    ap.add_argument("-s", "--socket", default=DEFAULT_SOCKET)
+    ap.add_argument("-s", "--socket", help="the daemon's control socket (default: the one "
+                    f"its config names, else {DEFAULT_SOCKET})")
+    ap.add_argument("-f", "--config", default=DEFAULT_CONFIG,
+                    help="the daemon's config, where the socket is found (default: %(default)s)")
     # REMAINDER: the command's words go as they are, a value such as -1 or -5x included,
     # for the balancer to judge (and answer with its reason)
     ap.add_argument("command", nargs=argparse.REMAINDER, help="e.g. show servers")
     args = ap.parse_args(argv)
+    try:
+        args.socket = args.socket or control.socket_in_config(
+            args.config, "global", "admin_socket", DEFAULT_SOCKET)
+    except (OSError, ValueError) as e:
+        print(f"balancerctl: {e}", file=sys.stderr)
+        return 2
     command = " ".join(args.command).strip()
     if not command:
         print("balancerctl: error: no command given (try: balancerctl help)", file=sys.stderr)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import tomllib
 from collections.abc import Awaitable, Callable
 
 from daemonkit.log import EventLog
@@ -84,3 +85,19 @@ async def arequest(path: str, command: str, timeout: float = 2.0) -> str:
             return (await reader.read()).decode(errors="replace")
         finally:
             writer.close()
+
+
+def socket_in_config(config: str, table: str, key: str, default: str) -> str:
+    """The control socket a daemon's config names (``[table] key``): how its command-line
+    tool finds it without ``-s``, on any host, wherever provisioning put it. ``default``
+    when the config does not exist or names none; OSError or ValueError (with the file's
+    name) when it cannot be read."""
+    try:
+        with open(config, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return default
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{config}: not TOML: {e}") from None
+    value = data.get(table, {}).get(key) if isinstance(data.get(table), dict) else None
+    return value if isinstance(value, str) and value else default

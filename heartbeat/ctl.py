@@ -1,6 +1,6 @@
 """``hbctl``: talk to a running heartbeat daemon (like hb_standby / hb_takeover).
 
-    hbctl [-s SOCKET] status [--json]
+    hbctl [-s SOCKET | -f CONFIG] status [--json]
     hbctl standby      # hand the VIP over to a peer (it is never unowned)
     hbctl takeover     # take the VIP now
     hbctl events       # the latest events with timestamps
@@ -16,6 +16,7 @@ from typing import Any
 
 from daemonkit import control
 
+DEFAULT_CONFIG = "/etc/halab/heartbeat.toml"  # the daemon's own default
 DEFAULT_SOCKET = "/run/halab/heartbeat.sock"
 
 
@@ -44,10 +45,19 @@ def render_status(st: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hbctl", description=__doc__.splitlines()[0])
-    ap.add_argument("-s", "--socket", default=DEFAULT_SOCKET)
+    ap.add_argument("-s", "--socket", help="the daemon's control socket (default: the one "
+                    f"its config names, else {DEFAULT_SOCKET})")
+    ap.add_argument("-f", "--config", default=DEFAULT_CONFIG,
+                    help="the daemon's config, where the socket is found (default: %(default)s)")
     ap.add_argument("command", choices=["status", "standby", "takeover", "events"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    try:
+        args.socket = args.socket or control.socket_in_config(
+            args.config, "cluster", "control_socket", DEFAULT_SOCKET)
+    except (OSError, ValueError) as e:
+        print(f"hbctl: {e}", file=sys.stderr)
+        return 2
     try:
         answer = ask(args.socket, args.command)
     except (OSError, ValueError) as e:

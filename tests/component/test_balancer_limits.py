@@ -254,6 +254,11 @@ def test_balancerctl_says_why_a_command_is_refused_and_exits_1(
         assert settings() == [("web0", "UP", 7), ("web1", "UP", 1)]
         nothing = ctl(sock)
         assert nothing.returncode == 1 and "no command" in nothing.stderr
+        # without -s: the socket its config names (halab exec HOST -- balancerctl ...)
+        found = subprocess.run([sys.executable, "-m", "balancer.ctl", "-f", str(r.path),
+                                "show", "servers"], capture_output=True, text=True, timeout=10)
+        assert (found.returncode, found.stderr) == (0, ""), found
+        assert "web0" in found.stdout
     finally:
         r.stop()
     gone = ctl(sock, "show", "servers")

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from daemonkit import control
 from daemonkit.check import ANSWERED, CONNECTED, TIMED_OUT, Outcome, tcp_check
@@ -110,3 +115,43 @@ def test_a_first_line_over_the_limit_is_an_answer_without_a_status_line() -> Non
 
     out = asyncio.run(main())
     assert out.ok and out.reason == ANSWERED and out.first_line == b""
+
+
+def test_a_ctl_finds_the_socket_its_daemon_config_names(tmp_path: Path) -> None:
+    """hbctl without -s: the socket of [cluster] control_socket in the config (-f, default
+    the daemon's own /etc/halab/heartbeat.toml), as on any host provisioning wrote it."""
+    path = str(tmp_path / "hb.sock")
+    cfg = tmp_path / "heartbeat.toml"
+    cfg.write_text(f'[node]\nname = "dir0"\n[cluster]\ncontrol_socket = "{path}"\n')
+
+    async def handler(line: str) -> str:
+        return json.dumps({"answered": line.strip()}) + "\n"
+
+    async def main() -> subprocess.CompletedProcess[str]:
+        server = await control.serve(path, handler, EventLog("t", stream=io.StringIO()),
+                                     lambda e: f"error: {e}\n")
+        try:
+            return await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "heartbeat.ctl", "-f", str(cfg),
+                                 "events"], capture_output=True, text=True, timeout=10)
+        finally:
+            control.close(server, path)
+
+    res = asyncio.run(main())
+    assert (res.returncode, res.stderr) == (0, ""), res
+    assert json.loads(res.stdout) == {"answered": "events"}
+
+
+def test_the_socket_in_a_config_or_the_default(tmp_path: Path) -> None:
+    cfg = tmp_path / "b.toml"
+    assert control.socket_in_config(str(cfg), "global", "admin_socket", "/d.sock") == "/d.sock"
+    cfg.write_text("[global]\nworkers = 1\n")  # names none
+    assert control.socket_in_config(str(cfg), "global", "admin_socket", "/d.sock") == "/d.sock"
+    cfg.write_text('[global]\nadmin_socket = "/x/b.sock"\n')
+    assert control.socket_in_config(str(cfg), "global", "admin_socket", "/d.sock") == "/x/b.sock"
+    cfg.write_text("[global\n")
+    with pytest.raises(ValueError, match=f"{cfg}: not TOML"):
+        control.socket_in_config(str(cfg), "global", "admin_socket", "/d.sock")
+    res = subprocess.run([sys.executable, "-m", "balancer.ctl", "-f", str(cfg), "show", "servers"],
+                         capture_output=True, text=True, timeout=10)
+    assert res.returncode == 2 and res.stderr.startswith(f"balancerctl: {cfg}: not TOML")
