@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from halab import faultcmd
 from halab.status import gather, render
 from lab import topology as topo_mod
 from lab.backend import Backend
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         sv = add(verb, help=f"{verb} a supervised service on a host")
         sv.add_argument("host")
         sv.add_argument("service")
+    faultcmd.add_parsers(add, [globals_after])
     add("demo", help="show the lab working: status, then the curl loop through it")
     add("ssh-config", help="print an ssh_config for every host "
         "(ssh -F <(halab ssh-config) dir0)")
@@ -342,6 +344,12 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0 if status["up"] else 3
     if args.cmd == "demo":
         return cmd_demo(backend)
+    if args.cmd == "fault":
+        return faultcmd.cmd_fault(backend, args)
+    if args.cmd == "faults":
+        return faultcmd.cmd_faults(backend)
+    if args.cmd == "heal":
+        return faultcmd.cmd_heal(backend, args.host)
     if args.cmd == "ssh-config":
         if not backend.is_up():
             raise HalabError(f"lab {backend.topology.lab} is not up: run `halab up` first")

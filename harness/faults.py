@@ -1,6 +1,6 @@
 """The fault catalogue: failures injected into a running lab, each with its heal.
 
-Used by the integration tests (and, later, the CLI). Every fault goes
+Used by the integration tests and the ``halab fault`` command. Every fault goes
 through the backend interface, so it works the same on network namespaces,
 VMs and real hosts. ``inject`` records the wall-clock time the fault took
 effect, for timelines.
@@ -16,6 +16,12 @@ effect, for timelines.
   plugs them back
 * ``PowerLoss(host)``: links cut, then every process killed (on VMs: the
   domain destroyed); heal boots it again
+* ``Freeze(host, name)``: SIGSTOP: a hung daemon that keeps its sockets; heal: SIGCONT
+* ``Partition(host, peer)``: each drops every packet from the other (their lab
+  addresses, every network), while the rest of the lab reaches both: a split brain
+* ``Netem(host, networks, delay_ms, jitter_ms, loss_pct)``: ``tc netem`` on the
+  host's lab links (a slow or lossy cable); heal removes it. A kernel without the
+  netem qdisc refuses it, with that reason
 
 ``Faults`` keeps what was injected, so whatever is still in effect when a test
 ends (passed or failed) is healed, newest first.
@@ -23,10 +29,12 @@ ends (passed or failed) is healed, newest first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 from lab.backend import Backend
 from lab.errors import HalabError
@@ -35,7 +43,8 @@ from lab.errors import HalabError
 @dataclass
 class Fault:
     host: str
-    at: float | None = field(default=None, init=False)  # when it took effect (epoch s)
+    # when it took effect (epoch s); a fault is the same fault whenever it began
+    at: float | None = field(default=None, init=False, compare=False)
 
     def inject(self, lab: Backend) -> float:
         """Inject; returns (and keeps in ``at``) the time it began to take effect
@@ -48,6 +57,10 @@ class Fault:
 
     def _prepare(self, lab: Backend) -> None:
         """Look-ups before the fault itself (not part of its timing)."""
+
+    def describe(self) -> str:
+        """What is in effect, in a few words (``halab faults``)."""
+        return f"{type(self).__name__} on {self.host}"
 
     def heal(self, lab: Backend) -> None:
         self._heal(lab)
@@ -64,6 +77,9 @@ class Fault:
 class StopService(Fault):
     service: str = ""
 
+    def describe(self) -> str:
+        return f"{self.host}: {self.service} stopped"
+
     def _inject(self, lab: Backend) -> float | None:
         return lab.stop_service(self.host, self.service)
 
@@ -76,7 +92,7 @@ class SignalService(Fault):
     service: str = ""
     signal: str = "QUIT"
 
-    pid: int | None = field(default=None, init=False, repr=False)
+    pid: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def _prepare(self, lab: Backend) -> None:
         pids = [s.pid for s in lab.services(self.host) if s.name == self.service and s.running]
@@ -84,10 +100,41 @@ class SignalService(Fault):
             raise HalabError(f"{self.host}: {self.service} is not running")
         self.pid = pids[0]
 
+    def describe(self) -> str:
+        return f"{self.host}: {self.service} sent SIG{self.signal}"
+
     def _inject(self, lab: Backend) -> float:
         return lab.run_timed(self.host, ["kill", f"-{self.signal}", str(self.pid)])
 
     def _heal(self, lab: Backend) -> None:
+        lab.restart_service(self.host, self.service)
+
+
+@dataclass
+class Freeze(Fault):
+    """SIGSTOP to the service's process: it holds its sockets and answers nothing (a
+    hung daemon, not a dead one); heal sends SIGCONT, or starts it if it went."""
+
+    service: str = ""
+    # kept in the bookkeeping: heal wakes this very process
+    pid: int | None = field(default=None, compare=False)
+
+    def _prepare(self, lab: Backend) -> None:
+        pids = [s.pid for s in lab.services(self.host) if s.name == self.service and s.running]
+        if not pids:
+            raise HalabError(f"{self.host}: {self.service} is not running")
+        self.pid = pids[0]
+
+    def describe(self) -> str:
+        return f"{self.host}: {self.service} frozen (SIGSTOP, pid {self.pid})"
+
+    def _inject(self, lab: Backend) -> float:
+        return lab.run_timed(self.host, ["kill", "-STOP", str(self.pid)])
+
+    def _heal(self, lab: Backend) -> None:
+        if self.pid is not None and lab.run(self.host, ["kill", "-CONT", str(self.pid)],
+                                            check=False).ok:
+            return
         lab.restart_service(self.host, self.service)
 
 
@@ -99,8 +146,10 @@ class FirewallFault(Fault):
     def rules(self, lab: Backend) -> list[tuple[str, list[str]]]:
         raise NotImplementedError
 
+    tag: ClassVar[str] = ""  # the rules' comment names it (default: the class)
+
     def _tagged(self, spec: list[str]) -> list[str]:
-        tag = f"halab-fault-{type(self).__name__.lower()}"
+        tag = f"halab-fault-{self.tag or type(self).__name__.lower()}"
         return ["-m", "comment", "--comment", tag, *spec]
 
     def _inject(self, lab: Backend) -> float | None:
@@ -124,6 +173,9 @@ class FirewallFault(Fault):
 class Blackhole(FirewallFault):
     """Silence on the host's lab interfaces (never a management NIC, eth0 on a VM)."""
 
+    def describe(self) -> str:
+        return f"{self.host}: blackholed (every packet on its lab links dropped)"
+
     def rules(self, lab: Backend) -> list[tuple[str, list[str]]]:
         out: list[tuple[str, list[str]]] = []
         for iface in lab.host(self.host).interfaces:
@@ -136,14 +188,114 @@ class Blackhole(FirewallFault):
 class Refuse(FirewallFault):
     port: int = 80
 
+    def describe(self) -> str:
+        return f"{self.host}: new TCP connections to port {self.port} refused"
+
     def rules(self, lab: Backend) -> list[tuple[str, list[str]]]:
         return [("INPUT", ["!", "-i", "lo", "-p", "tcp", "--syn", "--dport", str(self.port),
                            "-j", "REJECT", "--reject-with", "tcp-reset"])]
 
 
 @dataclass
+class Partition(Fault):
+    """The two hosts (the directors) lose each other: each drops every packet whose
+    source is one of the other's lab addresses, on every network. Dropping on input at
+    both ends cuts multicast as well as unicast; everyone else still reaches both."""
+
+    peer: str = ""
+
+    def rules(self, lab: Backend, me: str, other: str) -> list[tuple[str, list[str]]]:
+        return [("INPUT", ["-s", str(iface.address), "-j", "DROP"])
+                for iface in lab.host(other).interfaces]
+
+    def describe(self) -> str:
+        return f"{self.host} and {self.peer}: partitioned (each drops the other's packets)"
+
+    def _inject(self, lab: Backend) -> float | None:
+        if self.peer == self.host or not self.peer:
+            raise HalabError(f"a partition needs two hosts, not {self.host!r} and {self.peer!r}")
+        took = [_Drop(me, given=self.rules(lab, me, other)).inject(lab)
+                for me, other in ((self.host, self.peer), (self.peer, self.host))]
+        return took[0]
+
+    def _heal(self, lab: Backend) -> None:
+        for me, other in ((self.host, self.peer), (self.peer, self.host)):
+            _Drop(me, given=self.rules(lab, me, other)).heal(lab)
+
+
+@dataclass
+class _Drop(FirewallFault):
+    """One side of a partition: the rules it is given, tagged as a partition's."""
+
+    given: list[tuple[str, list[str]]] = field(default_factory=list)
+    tag: ClassVar[str] = "partition"
+
+    def rules(self, lab: Backend) -> list[tuple[str, list[str]]]:
+        return self.given
+
+
+@dataclass
+class Netem(Fault):
+    """``tc netem`` as the root qdisc of the host's lab links (those of ``networks``,
+    else all): each packet leaving by them is delayed (``delay_ms`` +- ``jitter_ms``)
+    and/or dropped (``loss_pct``), as containerlab's ``tools netem`` and Mininet's
+    TCLink do; heal deletes that qdisc (the link's default comes back)."""
+
+    networks: tuple[str, ...] | None = None
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+
+    def interfaces(self, lab: Backend) -> list[str]:
+        ifaces = lab.host(self.host).interfaces
+        return [i.name for i in ifaces if self.networks is None or i.network.name in self.networks]
+
+    def spec(self) -> str:
+        if self.delay_ms <= 0 and self.loss_pct <= 0:
+            raise HalabError("netem needs a delay or a loss (--delay MS, --loss PCT)")
+        if self.jitter_ms and self.delay_ms <= 0:
+            raise HalabError("netem: a jitter needs a delay")
+        if not 0 <= self.loss_pct <= 100:
+            raise HalabError(f"netem: a loss is a percentage (0-100), not {self.loss_pct:g}")
+        out = []
+        if self.delay_ms > 0:
+            out += ["delay", f"{self.delay_ms:g}ms"] + ([f"{self.jitter_ms:g}ms"]
+                                                        if self.jitter_ms else [])
+        if self.loss_pct > 0:
+            out += ["loss", f"{self.loss_pct:g}%"]
+        return " ".join(out)
+
+    def describe(self) -> str:
+        where = ", ".join(self.networks) if self.networks else "every lab link"
+        return f"{self.host}: netem {self.spec()} on {where}"
+
+    def _inject(self, lab: Backend) -> float:
+        spec = self.spec()
+        lines = [f"qdisc replace dev {name} root netem {spec}" for name in self.interfaces(lab)]
+        try:
+            return lab.run_timed(self.host, ["tc", "-batch", "-"], input="\n".join(lines) + "\n")
+        except HalabError as e:
+            if "qdisc kind is unknown" in str(e):
+                raise HalabError(f"{self.host}: this kernel has no netem qdisc (sch_netem), so "
+                                 "tc cannot delay or drop there (the netns lab shares this "
+                                 "machine's kernel; the VMs have their own)") from None
+            raise
+
+    def _heal(self, lab: Backend) -> None:
+        for name in self.interfaces(lab):
+            shown = lab.run(self.host, ["tc", "qdisc", "show", "dev", name, "root"],
+                            check=False).text
+            if " netem " in f" {shown}":
+                lab.run(self.host, ["tc", "qdisc", "del", "dev", name, "root"])
+
+
+@dataclass
 class CutLinks(Fault):
     networks: tuple[str, ...] | None = None
+
+    def describe(self) -> str:
+        where = ", ".join(self.networks) if self.networks else "every lab link"
+        return f"{self.host}: cut from {where}"
 
     def _inject(self, lab: Backend) -> float | None:
         return lab.set_links(self.host, False, self.networks)
@@ -154,6 +306,9 @@ class CutLinks(Fault):
 
 @dataclass
 class PowerLoss(Fault):
+    def describe(self) -> str:
+        return f"{self.host}: powered off"
+
     def _inject(self, lab: Backend) -> float | None:
         return lab.power_off(self.host)
 
@@ -176,7 +331,14 @@ class Faults:
     def inject(self, fault: Fault) -> float:
         self.active.append(fault)  # a half-injected fault is healed too
         self._save()
-        return fault.inject(self.lab)
+        try:
+            at = fault.inject(self.lab)
+        except Exception:  # undone at once if it can be (a refused fault leaves nothing)
+            with contextlib.suppress(Exception):
+                self.heal(fault)
+            raise
+        self._save()  # with its time
+        return at
 
     def heal(self, fault: Fault) -> None:
         self.active = [f for f in self.active if f is not fault]
@@ -201,7 +363,7 @@ class Faults:
         return self.lab.control_dir / "faults.json"
 
     def _save(self) -> None:
-        rows = [{"fault": type(f).__name__,
+        rows = [{"fault": type(f).__name__, "at": f.at,
                  **{k.name: getattr(f, k.name) for k in fields(f) if k.init}}
                 for f in self.active]
         path = self._journal()
@@ -212,23 +374,33 @@ class Faults:
             path.unlink(missing_ok=True)
 
     @classmethod
-    def recover(cls, lab: Backend) -> list[Fault]:
-        """Heal what an earlier run left in effect (it was killed); returns those faults."""
+    def load(cls, lab: Backend) -> Faults:
+        """What is in effect now, from the note (``halab fault`` adds to it one command at
+        a time, ``halab heal`` takes from it)."""
         faults = cls(lab)
         try:
             rows = json.loads(faults._journal().read_text())
         except (OSError, ValueError):
-            return []
+            return faults
         kinds = {k.__name__: k for k in CATALOGUE}
         for row in rows:
             kind = kinds[row.pop("fault")]
+            at = row.pop("at", None)
             if row.get("networks") is not None:
                 row["networks"] = tuple(row["networks"])
-            faults.active.append(kind(**row))
+            fault = kind(**row)
+            fault.at = at
+            faults.active.append(fault)
+        return faults
+
+    @classmethod
+    def recover(cls, lab: Backend) -> list[Fault]:
+        """Heal what an earlier run left in effect (it was killed); returns those faults."""
+        faults = cls.load(lab)
         left = list(faults.active)
         faults.heal_all()
         return left
 
 
-CATALOGUE: tuple[type[Fault], ...] = (StopService, SignalService, Refuse, Blackhole, CutLinks,
-                                      PowerLoss)
+CATALOGUE: tuple[type[Fault], ...] = (StopService, SignalService, Freeze, Refuse, Blackhole,
+                                      Partition, Netem, CutLinks, PowerLoss)

@@ -16,6 +16,7 @@ with the configuration's theoretical budget beside the measured values.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import re
 import subprocess
@@ -172,12 +173,23 @@ class Timeline:
         plt.close(fig)
 
     def write(self, directory: Path, name: str) -> list[Path]:
+        """JSON, text and, where matplotlib is installed (halab's ``plots`` extra), PNG;
+        returns the files written."""
         directory.mkdir(parents=True, exist_ok=True)
-        out = [directory / f"{name}.json", directory / f"{name}.txt", directory / f"{name}.png"]
+        out = [directory / f"{name}.json", directory / f"{name}.txt"]
         out[0].write_text(json.dumps(self.to_dict(), indent=2))
         out[1].write_text(self.text())
-        self.plot(out[2])
+        if can_plot():
+            out.append(directory / f"{name}.png")
+            self.plot(out[2])
         return out
+
+
+NO_PLOTS = "no PNG: matplotlib is not installed (pip install 'halab[plots]')"
+
+
+def can_plot() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 class NeighWatch:

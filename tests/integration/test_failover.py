@@ -26,10 +26,12 @@ from pathlib import Path
 
 import pytest
 
+from harness import measure
 from harness.faults import CutLinks, Faults, PowerLoss, SignalService
+from harness.measure import client_timeout, conclusive
 from harness.poll import wait_until
-from harness.timeline import NeighWatch, Timeline, event_times
-from harness.traffic import ClientLoop, VipSample, VipSampler, vip_holders
+from harness.timeline import Timeline, event_times
+from harness.traffic import ClientLoop, VipSample, vip_holders
 from heartbeat import config as hb_config
 from heartbeat import wire
 from heartbeat.fsm import Timers
@@ -42,15 +44,6 @@ from .common import hb_state as state
 
 pytestmark = pytest.mark.integration
 
-CLIENT_TIMEOUT = 0.2  # the anchors' prober: 200 ms to connect
-
-
-def client_timeout(lab: Backend) -> float:
-    """Under software emulation a connection through the VIP now and then takes longer
-    than 200 ms to establish (seen: 1 in ~30 before any fault): the timeout follows the
-    lab's pace, and so does the outage it may add."""
-    return CLIENT_TIMEOUT * lab.slowness
-PROBE_GAP_MS = 2.0  # a request every few ms: >= 100 per second
 MIN_PROBE_RATE = 100.0
 MIN_SAMPLES = 20  # conclusive VIP samples per failover
 MARGIN = 0.15  # scheduling noise on a loaded 2-core machine
@@ -92,22 +85,11 @@ def settle(lab: Backend, topo: Topology) -> str:
 def observe_failover(lab: Backend, topo: Topology, count: int, act: Callable[[], float]
                      ) -> tuple[float, list[dict[str, object]], list[VipSample],
                                 list[tuple[float, str]]]:
-    """Run ``act`` (it returns the fault's time) while the client probes the VIP, the VIP
-    sampler runs and the client's ARP table is watched; returns (t0, the requests, the
-    samples, the ARP changes)."""
-    watch = NeighWatch(lab, topo.clients[0].name, str(topo.vip.address))
-    loop = ClientLoop(lab, topo.clients[0].name, vip_url(topo), count=count,
-                      gap_ms=PROBE_GAP_MS, timeout=client_timeout(lab))
-    sampler = VipSampler(lab)
-    try:
-        loop.read(30)  # traffic flows before the fault
-        t0 = act()
-        results = loop.finish()
-    finally:
-        loop.stop()
-        samples = sampler.stop()
-        neigh = watch.stop()
-    return t0, results, samples, neigh
+    """``act`` (it returns the fault's time) while the client probes the VIP, the VIP
+    sampler runs and the client's ARP table is watched (harness.measure); returns (t0,
+    the requests, the samples, the ARP changes)."""
+    obs = measure.observe(lab, count, lambda _loop: act())
+    return obs.t0, obs.results, obs.samples, obs.neigh
 
 
 def test_one_master_holds_the_vip(lab: Backend, topo: Topology) -> None:
@@ -120,57 +102,17 @@ def test_one_master_holds_the_vip(lab: Backend, topo: Topology) -> None:
     assert res.text.endswith("It works!\n")
 
 
-HB_EVENTS = {"peer_late", "peer_dead", "transition", "vip_added", "vip_removed", "garp",
-             "vip_draining", "handover_prepare", "handover_forwarding", "track_failed",
-             "link_down"}
-
-
 def failover_timeline(lab: Backend, topo: Topology, title: str, t0: float,
                       results: list[dict[str, object]], neigh: list[tuple[float, str]],
                       samples: list[VipSample], artifacts: Path,
                       record: Callable[..., None]) -> Timeline:
-    """The timeline of one failover: written to the artifacts, summed up in the report."""
-    st = hb(lab, topo.directors[0].name)
-    assert isinstance(st, dict)
-    tl = Timeline(title, t0, {k: float(v) for k, v in st["failover_budget_ms"].items()})
-    tl.add(t0, "fault", "fault")
-    # every request up to half a second past the outage (at least the first second)
-    until = t0 + min(max(1.0, ClientLoop.outage(results, t0) + 0.5), 60.0)
-    for d in topo.directors:
-        tl.add_log(lab, d.name, "heartbeat", HB_EVENTS, t0 - 0.5, until)
-    # the survivor's verdict says how long the peer had been silent: its last heartbeat
-    for m in [m for m in tl.marks if m.what == "peer_dead"]:
-        silent = float(m.detail.split("silent_ms=")[1].split()[0])
-        tl.add(m.t - silent / 1000, m.source, "last_heartbeat_received")
-    for t, mac in neigh:
-        if t >= t0:
-            tl.add(t, "client/arp", "vip_mac_changed", mac)
-    tl.add_requests([r for r in results if float(r["t"]) < until])  # type: ignore[arg-type]
-    last: tuple[str, ...] | None = None
-    for s in conclusive(samples):
-        if s.holders != last and s.end >= t0 - 0.2:  # a sample is done at its end
-            tl.add(s.end, "sampler", "vip_announced_by", ",".join(s.holders or ()) or "nobody")
-        last = s.holders
-    vip_up = [m.t for m in tl.marks if m.what == "vip_added" and m.t >= t0]
-    if vip_up:
-        tl.measured["vip_added_ms"] = tl.rel_ms(vip_up[0])
-    seen = [t for t, _ in neigh if t >= t0]
-    if seen:
-        tl.measured["arp_seen_by_client_ms"] = tl.rel_ms(seen[0])
-    before = [r for r in results if float(r["t"]) < t0]  # type: ignore[arg-type]
-    tl.measured["probe_rate_per_s"] = round(ClientLoop.rate(before), 1)
-    tl.measured["vip_samples"] = len(samples)
-    tl.measured["inconclusive"] = len(samples) - len(conclusive(samples))
-    name = title.lower().replace(" ", "-")
-    tl.write(artifacts, name)
+    """The timeline of one failover (harness.measure): written to the artifacts, summed
+    up in the report."""
+    tl = measure.timeline(lab, title, measure.Observation(t0, results, samples, neigh))
+    tl.write(artifacts, title.lower().replace(" ", "-"))
     record(check="failover", what=title, budget_ms=tl.budget_ms.get("total"),
            **{k: v for k, v in tl.measured.items()})
     return tl
-
-
-def conclusive(samples: list[VipSample]) -> list[VipSample]:
-    """The samples that stand for one moment (see VipSampler)."""
-    return [s for s in samples if s.holders is not None]
 
 
 def assert_prober_fast_enough(lab: Backend, results: list[dict[str, object]],
