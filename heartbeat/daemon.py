@@ -102,8 +102,16 @@ class Daemon:
                       deadtime_ms=int(cfg.timers.deadtime * 1000))
         notify("READY=1")
         tick = min(0.005, cfg.timers.keepalive / 5)
+        last = self.loop.time()
         while not self.stopping.is_set():
             now = self.loop.time()
+            if now - last > self.cfg.timers.keepalive:
+                # we did not run for a while (stopped, starved): what the peers sent
+                # meanwhile is waiting in the sockets, and counts before the silence does
+                # (an event loop may run its timers before its I/O, as uvloop's does)
+                self.log.info("stalled", ms=round((now - last) * 1000),
+                              received=self.links.drain())
+            last = now
             self.perform(self.node.tick(now))
             self.vip.refresh(now)
             with contextlib.suppress(TimeoutError):

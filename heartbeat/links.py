@@ -35,11 +35,19 @@ def multicast_socket(link: config.Link, port: int) -> socket.socket:
     return s
 
 
+def unicast_socket(link: config.Link, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((link.bind, port))
+    s.setblocking(False)
+    return s
+
+
 class Link(asyncio.DatagramProtocol):
-    def __init__(self, links: Links, link: config.Link) -> None:
+    def __init__(self, links: Links, link: config.Link, sock: socket.socket) -> None:
         self.links = links
         self.link = link
         self.peers = set(link.peers)
+        self.sock = sock  # ours too: ``Links.drain`` reads it at once
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -71,11 +79,26 @@ class Links:
         loop = asyncio.get_running_loop()
         cfg = self.cfg
         for lk in cfg.links:
+            sock = multicast_socket(lk, cfg.port) if lk.multicast else unicast_socket(lk, cfg.port)
             _, proto = await loop.create_datagram_endpoint(
-                lambda lk=lk: Link(self, lk),  # type: ignore[misc]
-                sock=multicast_socket(lk, cfg.port) if lk.multicast else None,
-                local_addr=None if lk.multicast else (lk.bind, cfg.port))
+                lambda lk=lk, sock=sock: Link(self, lk, sock), sock=sock)  # type: ignore[misc]
             self.links[lk.name] = proto
+
+    def drain(self, limit: int = 256) -> int:
+        """Receive now what waits in the sockets (at most ``limit`` per link): after a
+        stall (the daemon stopped, starved or swapped out), before the clock is judged.
+        A daemon that did not run heard nothing; that is not its peers' silence. Returns
+        how many datagrams there were."""
+        n = 0
+        for name, link in self.links.items():
+            for _ in range(limit):
+                try:
+                    data, addr = link.sock.recvfrom(65535)
+                except OSError:  # nothing more (BlockingIOError), or an error to come again
+                    break
+                self.received(data, addr, name, link.peers)
+                n += 1
+        return n
 
     def received(self, data: bytes, addr: tuple[str, int], link: str, peers: set[str]) -> None:
         if addr[0] not in peers:

@@ -9,13 +9,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 # Two real daemons in a network namespace of their own (unshare -rnm: nothing of
-# this machine's network is touched), one veth end each: dir0 runs, is killed,
-# loses its state file and starts again before dir1's deadtime is up.
-IN_NAMESPACE = r"""
+# this machine's network is touched), one veth end each. RESTART: dir0 runs, is killed,
+# loses its state file and starts again before dir1's deadtime is up. FREEZE: the
+# backup is stopped (SIGSTOP) for longer than its deadtime, then continued.
+SETUP = r"""
 import json, os, subprocess, sys, time
 from pathlib import Path
 from heartbeat.ctl import ask
@@ -84,6 +86,9 @@ def answer(name):
 def states():
     return {n: (status(n) or {}).get("state") for n in ("dir0", "dir1")}
 
+"""
+
+RESTART = r"""
 out = {}
 try:
     start("dir0"); start("dir1")
@@ -117,7 +122,30 @@ finally:
 """
 
 
-def test_a_real_daemon_restarted_without_its_state_file_is_heard(tmp_path: Path) -> None:
+FREEZE = r"""
+out = {}
+try:
+    start("dir0"); start("dir1")
+    wait("dir0 master", lambda: states() == {"dir0": "MASTER", "dir1": "BACKUP"}, 10.0)
+    procs["dir1"].send_signal(19)  # SIGSTOP: hung, its sockets open (dir0 keeps sending)
+    time.sleep(1.5)  # past dir1's deadtime (1 s): the fault under test is this long
+    procs["dir1"].send_signal(18)  # SIGCONT
+    seen = []
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        seen.append(states())
+        time.sleep(0.02)
+    out = {"states": states(), "samples": len(seen),
+           "dir1_master": sum(st.get("dir1") == "MASTER" for st in seen)}
+finally:
+    for p in procs.values():
+        p.kill()
+    out["logs"] = {n: (tmp / (n + ".log")).read_text()[-3000:] for n in ("dir0", "dir1")}
+    print(json.dumps(out))
+"""
+
+
+def in_namespace(tmp_path: Path, scenario: str) -> dict[str, Any]:
     unshare = shutil.which("unshare")
     probe = subprocess.run([unshare or "unshare", "-rnm", "true"], capture_output=True) \
         if unshare else None
@@ -126,12 +154,17 @@ def test_a_real_daemon_restarted_without_its_state_file_is_heard(tmp_path: Path)
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    res = subprocess.run([unshare, "-rnm", sys.executable, "-c", IN_NAMESPACE,
+    res = subprocess.run([unshare, "-rnm", sys.executable, "-c", SETUP + scenario,
                           str(tmp_path)], capture_output=True, text=True, timeout=60,
                          env=env, cwd=root)
     assert res.stdout, res.stderr
-    seen = json.loads(res.stdout)
+    seen: dict[str, Any] = json.loads(res.stdout)
     assert res.returncode == 0 and "states" in seen, seen["logs"]
+    return seen
+
+
+def test_a_real_daemon_restarted_without_its_state_file_is_heard(tmp_path: Path) -> None:
+    seen = in_namespace(tmp_path, RESTART)
     assert seen["again"] > seen["first"] and seen["stored"] == f"{seen['again']}\n"
     assert seen["replays"] == 0, seen["logs"]["dir1"]  # dir1 took none of it for a replay
     assert seen["samples"] > 10 and seen["both_masters"] == 0, seen["logs"]  # never split
@@ -139,3 +172,14 @@ def test_a_real_daemon_restarted_without_its_state_file_is_heard(tmp_path: Path)
     assert peer["alive"] and peer["state"] == seen["states"]["dir0"], seen["logs"]
     # one master: dir0 again (back within deadtime), or dir1 (a slow machine: after it)
     assert sorted(seen["states"].values()) == ["BACKUP", "MASTER"], seen["logs"]
+
+
+def test_a_backup_stopped_then_continued_takes_nothing(tmp_path: Path) -> None:
+    """A hung backup (SIGSTOP longer than its deadtime) that runs again first reads what
+    its master sent meanwhile: it was deaf, the master was not silent. Without that it
+    judged the master dead on waking, took the VIP and won the conflict by priority."""
+    seen = in_namespace(tmp_path, FREEZE)
+    assert "to=MASTER" not in seen["logs"]["dir1"], seen["logs"]["dir1"]
+    assert seen["dir1_master"] == 0, seen["logs"]["dir1"]
+    assert seen["states"] == {"dir0": "MASTER", "dir1": "BACKUP"}, seen["logs"]
+    assert "event=stalled" in seen["logs"]["dir1"], seen["logs"]["dir1"]
