@@ -275,9 +275,20 @@ def cmd_demo(backend: Backend) -> int:
     return 1 if failures else 0
 
 
+def plain_stdio(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the remote terminal told to pass bytes as they are where ours is not
+    a terminal: SSH backends give the command a tty (it ends with the session), whose
+    newline translation turned piped output into CRLF and whose echo doubled piped input."""
+    modes = [m for m, tty in (("-onlcr", sys.stdout.isatty()), ("-echo", sys.stdin.isatty()))
+             if not tty]
+    if not modes:
+        return list(argv)
+    return ["sh", "-c", f'stty {" ".join(modes)} 2>/dev/null; exec "$@"', "sh", *argv]
+
+
 def exec_on(backend: Backend, host: str, argv: Sequence[str]) -> int:
     """Replace this process with ``argv`` on ``host`` (stdio and exit status pass through)."""
-    full = backend.command(host, argv)
+    full = backend.command(host, plain_stdio(argv))
     os.execvpe(full[0], full, env())
     return 127  # not reached
 
@@ -285,8 +296,7 @@ def exec_on(backend: Backend, host: str, argv: Sequence[str]) -> int:
 def cmd_logs(backend: Backend, host: str, service: str | None, follow: bool) -> int:
     names = [service] if service else [s.name for s in backend.services(host)]
     if follow:
-        paths = [backend.service_log(host, n) for n in names]
-        return exec_on(backend, host, ["tail", "-n", "50", "-F", *map(str, paths)])
+        return exec_on(backend, host, backend.follow_argv(host, names))
     for name in names:
         if len(names) > 1:
             print(f"==> {host} {name} <==")

@@ -208,6 +208,11 @@ class Services(abc.ABC):
     def service_log(self, host: str, name: str) -> Path:
         """The log file of a service, as a path on the host."""
 
+    def follow_argv(self, host: str, names: Sequence[str]) -> list[str]:
+        """The command, on ``host``, that prints the last lines of these services' logs
+        and follows them (``halab logs -f``): a tail of their files here."""
+        return ["tail", "-n", "50", "-F", *(str(self.service_log(host, n)) for n in names)]
+
     @abc.abstractmethod
     def enable_at_boot(self, host: str, unit: str, text: str) -> None:
         """Have ``unit`` (its text: ``text``) run at every boot of ``host``."""

@@ -172,14 +172,6 @@ def test_netem_delays_a_link_or_says_why_not(lab: Backend, topo: Topology,
     assert connect_s() < 0.3
 
 
-def test_the_daemons_tools_find_their_sockets_on_the_host(lab: Backend, topo: Topology) -> None:
-    director = topo.directors[0].name
-    hb = json.loads(ok(lab, "exec", director, "--", "hbctl", "status", "--json"))
-    assert hb["node"] == director
-    servers = ok(lab, "exec", director, "--", "balancerctl", "show", "servers")
-    assert all(w.name in servers for w in topo.webs)
-
-
 def test_measure_a_power_loss_of_the_master(lab: Backend, topo: Topology, tmp_path: Path,
                                             healed: None,
                                             record: Callable[..., None]) -> None:

@@ -146,6 +146,10 @@ class SystemdServices(Transport, Services):
         raise HalabError(f"{host}: {name} logs to the journal: "
                          f"halab exec {host} -- journalctl -u {self._unit(host, name)}")
 
+    def follow_argv(self, host: str, names: Sequence[str]) -> list[str]:
+        units = [a for n in names for a in ("-u", self._unit(host, n))]
+        return ["journalctl", "-q", "-o", "cat", "-n", "50", "-f", *units]
+
     def log_text(self, host: str, name: str) -> str:
         return self.run(host, ["journalctl", "-q", "-o", "cat", "--no-pager", "-u",
                                self._unit(host, name)], timeout=60).text
