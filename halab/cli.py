@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("host")
         sv.add_argument("service")
     faultcmd.add_parsers(add, [globals_after])
+    wt = add("watch", help="the lab live: VIP, heartbeats, balancers, the client's loop, events")
+    wt.add_argument("--seconds", type=float, default=600.0,
+                    help="stop after this long (default: %(default)g; Ctrl-C leaves sooner)")
+    wt.add_argument("--json", action="store_true", help="one JSON object a second instead")
     add("demo", help="show the lab working: status, then the curl loop through it")
     add("ssh-config", help="print an ssh_config for every host "
         "(ssh -F <(halab ssh-config) dir0)")
@@ -354,6 +358,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0 if status["up"] else 3
     if args.cmd == "demo":
         return cmd_demo(backend)
+    if args.cmd == "watch":
+        from halab.watch import cmd_watch
+
+        return cmd_watch(backend, args.seconds, args.json, console)
     if args.cmd == "fault":
         return faultcmd.cmd_fault(backend, args)
     if args.cmd == "faults":
