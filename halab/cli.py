@@ -119,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     wt.add_argument("--seconds", type=float, default=600.0,
                     help="stop after this long (default: %(default)g; Ctrl-C leaves sooner)")
     wt.add_argument("--json", action="store_true", help="one JSON object a second instead")
-    add("demo", help="show the lab working: status, then the curl loop through it")
+    dm = add("demo", help="the seed's scenario, narrated and measured: round robin, a web "
+             "node's nginx stopped, the master powered off, a graceful handover")
+    dm.add_argument("--pause", action="store_true", help="wait for Enter between the steps")
+    dm.add_argument("--out", type=Path, default=Path("halab-timelines"), metavar="DIR",
+                    help="where the timelines go (default: %(default)s)")
     add("ssh-config", help="print an ssh_config for every host "
         "(ssh -F <(halab ssh-config) dir0)")
     vg = add("vagrant", help="run vagrant as halab does (--lab vagrant: libvirtd "
@@ -256,27 +260,15 @@ def domains(vms: VagrantBackend) -> dict[str, str | None]:
     return found
 
 
-def cmd_demo(backend: Backend) -> int:
-    """The status table, then the seed's curl loop from the client through each director."""
+def cmd_demo(backend: Backend, pause: bool, out_dir: Path) -> int:
+    """The lab brought up if it is not (else its status), then the seed's scenario."""
     if not backend.is_up():
         cmd_up(backend)
     else:
         render(gather(backend), console)
-    topo = backend.topology
-    client = topo.clients[0]
-    failures = 0
-    for director in topo.directors:
-        addr = director.address(topo.vip.network.name)
-        url = f"http://{addr}:{topo.ports.http}/"
-        console.print(f"[bold]{client.name} $ for i in 1 2 3 4 5 6; do curl {url}; done[/]"
-                      f"   # through {director.name}'s balancer")
-        for _ in range(6):
-            res = backend.run(client.name, ["curl", "-sS", "--max-time", "2", url],
-                              check=False, timeout=5)
-            failures += not res.ok
-            console.print("  " + (res.text.strip() if res.ok
-                                  else f"[red]{res.stderr.decode(errors='replace').strip()}[/]"))
-    return 1 if failures else 0
+    from halab.demo import cmd_demo as narrate
+
+    return narrate(backend, pause, out_dir)
 
 
 def plain_stdio(argv: Sequence[str]) -> list[str]:
@@ -357,7 +349,7 @@ def dispatch(args: argparse.Namespace) -> int:
             render(status, console)
         return 0 if status["up"] else 3
     if args.cmd == "demo":
-        return cmd_demo(backend)
+        return cmd_demo(backend, args.pause, args.out)
     if args.cmd == "watch":
         from halab.watch import cmd_watch
 

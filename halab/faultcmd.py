@@ -191,11 +191,27 @@ def _power_on(faults: Faults, host: str) -> int:
     return 0
 
 
-def _measured(lab: Backend, faults: Faults, fault: Fault, a: argparse.Namespace) -> int:
-    """The fault under the client's prober: wait until service is back (bounded), then
-    what the client saw, against the failover budget, and the timeline's files."""
-    holders_before = vip_holders(lab)
-    if not holders_before:
+@dataclass
+class Measured:
+    """What the client saw of one measured step (``halab fault --measure``, the demo)."""
+
+    title: str
+    back: bool  # service came back within the bound
+    limit: float  # that bound (s)
+    requests: int
+    failed: int
+    measured: dict[str, float]  # the timeline's figures (outage_ms, vip_added_ms, ...)
+    budget_ms: float | None  # the failover budget the directors report
+    holders: tuple[list[str], list[str]]  # who announced the VIP before, after
+    files: list[Path]
+
+
+def run_measured(lab: Backend, title: str, inject: Callable[[], float], out_dir: Path,
+                 name: str) -> Measured:
+    """``inject`` (it returns the fault's time) under the client's prober; waits until
+    service is back and has stayed so (bounded), writes the timeline."""
+    before = vip_holders(lab)
+    if not before:
         raise HalabError("nobody holds the VIP: nothing to measure (halab status)")
     budget = measure.budget(lab)
     after = max(1.0, 2 * budget.get("total", 0.0) / 1000) * lab.slowness
@@ -204,37 +220,44 @@ def _measured(lab: Backend, faults: Faults, fault: Fault, a: argparse.Namespace)
 
     def act(loop: ClientLoop) -> float:
         nonlocal back
-        t0 = faults.inject(fault)
+        t0 = inject()
         back = measure.until_back(loop, t0, after, time.monotonic() + limit)
         return t0
 
     obs = measure.observe(lab, count=100_000, act=act, sample_s=limit + 10)
-    tl = measure.timeline(lab, fault.describe(), obs)
-    m = tl.measured
-    out.print(f"{fault.describe()}   (halab heal {fault.host} undoes it)")
-    if not back:
-        out.print(f"[red]service was not back within {limit:g} s[/]")
-    failed = len(ClientLoop.failures(obs.results))
-    total = budget.get("total")
-    against = f" (the failover budget: {total:g} ms)" if total is not None else ""
-    if failed:
-        out.print(f"  outage {m.get('outage_ms', float('inf')):g} ms{against}: "
-                  f"{failed} of {len(obs.results)} requests through the VIP failed")
+    tl = measure.timeline(lab, title, obs)
+    files = tl.write(out_dir, "-".join([time.strftime("%Y%m%d-%H%M%S"), name]))
+    return Measured(title, back, limit, len(obs.results), len(ClientLoop.failures(obs.results)),
+                    dict(tl.measured), budget.get("total"), (before, vip_holders(lab)), files)
+
+
+def report(m: Measured) -> None:
+    if not m.back:
+        out.print(f"  [red]service was not back within {m.limit:g} s[/]")
+    against = f" (the failover budget: {m.budget_ms:g} ms)" if m.budget_ms is not None else ""
+    if m.failed:
+        out.print(f"  outage {m.measured.get('outage_ms', float('inf')):g} ms{against}: "
+                  f"{m.failed} of {m.requests} requests through the VIP failed")
     else:
-        out.print(f"  no request failed ({len(obs.results)} through the VIP)")
-    moved = vip_holders(lab)
-    if moved != holders_before:
-        added = f", added after {m['vip_added_ms']:g} ms" if "vip_added_ms" in m else ""
-        out.print(f"  VIP: {', '.join(holders_before)} -> {', '.join(moved) or 'nobody'}"
-                  + added)
-    if "arp_seen_by_client_ms" in m:
+        out.print(f"  no request failed ({m.requests} through the VIP)")
+    before, now = m.holders
+    if before != now:
+        added = (f", added after {m.measured['vip_added_ms']:g} ms"
+                 if "vip_added_ms" in m.measured else "")
+        out.print(f"  VIP: {', '.join(before)} -> {', '.join(now) or 'nobody'}{added}")
+    if "arp_seen_by_client_ms" in m.measured:
         out.print(f"  the client's ARP entry for the VIP changed after "
-                  f"{m['arp_seen_by_client_ms']:g} ms")
-    name = "-".join([time.strftime("%Y%m%d-%H%M%S"), a.fault, fault.host])
-    written = tl.write(a.out, name)
-    png = any(p.suffix == ".png" for p in written)
-    out.print("  timeline: " + ", ".join(map(str, written)) + ("" if png else f"   ({NO_PLOTS})"))
-    return 0 if back else 1
+                  f"{m.measured['arp_seen_by_client_ms']:g} ms")
+    png = any(p.suffix == ".png" for p in m.files)
+    out.print("  timeline: " + ", ".join(map(str, m.files)) + ("" if png else f"   ({NO_PLOTS})"))
+
+
+def _measured(lab: Backend, faults: Faults, fault: Fault, a: argparse.Namespace) -> int:
+    m = run_measured(lab, fault.describe(), lambda: faults.inject(fault), a.out,
+                     f"{a.fault}-{fault.host}")
+    out.print(f"{fault.describe()}   (halab heal {fault.host} undoes it)")
+    report(m)
+    return 0 if m.back else 1
 
 
 def cmd_faults(lab: Backend) -> int:
