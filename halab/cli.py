@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from rich.console import Console
 
@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     add = functools.partial(sub.add_parser, parents=[globals_after])
 
-    add("up", help="create the hosts and networks, provision them (idempotent)")
+    upp = add("up", help="create the hosts and networks, provision them (idempotent)")
+    upp.add_argument("-v", "--verbose", action="store_true",
+                     help="--lab vagrant: Vagrant's own output, not one row per VM")
     add("down", help="stop everything and remove every trace of the lab")
     pv = add("provision", help="provision the hosts that are up again, or those "
              "named (idempotent; Vagrant's trigger runs it per VM)")
@@ -142,15 +144,32 @@ def load_backend(args: argparse.Namespace) -> Backend:
     return make_backend(args.lab, topo_mod.load(args.topology), args.inventory)
 
 
-def cmd_up(backend: Backend) -> None:
+def cmd_up(backend: Backend, verbose: bool = False) -> None:
     from provision import provision
 
     t0 = time.monotonic()
-    backend.up()
+    if backend.kind == "vagrant" and console.is_terminal and not verbose:
+        _vagrant_up(cast("VagrantBackend", backend))
+    else:
+        backend.up()
     if not backend.up_provisions:
         provision(backend)
     render(gather(backend), console)
     console.print(f"lab {backend.topology.lab} is up ({time.monotonic() - t0:.1f} s)")
+
+
+def _vagrant_up(vms: VagrantBackend) -> None:
+    """``vagrant up`` as one row per VM with its step (Vagrant's own output: ``-v``)."""
+    from rich.live import Live
+
+    from halab.upview import UpProgress
+
+    progress = UpProgress(list(vms.topology.hosts))
+    with Live(progress.view(), console=console, refresh_per_second=2) as live:
+        def line(text: str) -> None:
+            progress.feed(text)
+            live.update(progress.view())
+        vms.up(on_line=line)
 
 
 def cmd_provision(backend: Backend, hosts: Sequence[str] | None,
@@ -314,7 +333,7 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     backend = load_backend(args)
     if args.cmd == "up":
-        cmd_up(backend)
+        cmd_up(backend, args.verbose)
         return 0
     if args.cmd == "vagrant":
         from lab.backends.vagrant import VagrantBackend

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +123,10 @@ class VagrantBackend(SshBackend):
         return subprocess.run(vmhost.command(["vagrant", *args]), cwd=self.root,
                               env=self._vagrant_env(), check=False).returncode
 
-    def vagrant(self, *args: str, timeout: float = 1800, show: bool = False) -> str:
+    def vagrant(self, *args: str, timeout: float = 1800, show: bool = False,
+                on_line: Callable[[str], None] | None = None) -> str:
         """``vagrant ARGS``; its output (stdout and stderr together), also passed on to
-        this process's stdout line by line as it comes with ``show``."""
+        this process's stdout line by line as it comes with ``show``, or to ``on_line``."""
         with subprocess.Popen(vmhost.command(["vagrant", *args]), cwd=self.root,
                               env=self._vagrant_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
@@ -136,7 +137,9 @@ class VagrantBackend(SshBackend):
                 lines = []
                 for line in proc.stdout:
                     lines.append(line.rstrip("\n"))
-                    if show:
+                    if on_line is not None:
+                        on_line(lines[-1])
+                    elif show:
                         print(line, end="", flush=True)
                 rc = proc.wait()
             finally:
@@ -212,12 +215,14 @@ class VagrantBackend(SshBackend):
 
     # up and down ------------------------------------------------------------
 
-    def up(self) -> None:
+    def up(self, on_line: Callable[[str], None] | None = None) -> None:
+        """``vagrant up``, each VM provisioned by the Vagrantfile's trigger; its output
+        shown as it comes, or given to ``on_line`` line by line."""
         self._record_driver()
         vmhost.start(self.driver)
         self._register_box()
         self._wheelhouse()  # once, before the VMs' provisioning runs want it
-        self.vagrant("up", "--parallel", show=True)  # each VM provisioned by the trigger
+        self.vagrant("up", "--parallel", show=True, on_line=on_line)
 
     def _register_box(self) -> None:
         self.control_dir.mkdir(parents=True, exist_ok=True)
