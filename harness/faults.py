@@ -111,25 +111,16 @@ class SignalService(Fault):
 
 
 @dataclass
-class Freeze(Fault):
+class Freeze(SignalService):
     """SIGSTOP to the service's process: it holds its sockets and answers nothing (a
     hung daemon, not a dead one); heal sends SIGCONT, or starts it if it went."""
 
-    service: str = ""
+    signal: str = "STOP"
     # kept in the bookkeeping: heal wakes this very process
     pid: int | None = field(default=None, compare=False)
 
-    def _prepare(self, lab: Backend) -> None:
-        pids = [s.pid for s in lab.services(self.host) if s.name == self.service and s.running]
-        if not pids:
-            raise HalabError(f"{self.host}: {self.service} is not running")
-        self.pid = pids[0]
-
     def describe(self) -> str:
         return f"{self.host}: {self.service} frozen (SIGSTOP, pid {self.pid})"
-
-    def _inject(self, lab: Backend) -> float:
-        return lab.run_timed(self.host, ["kill", "-STOP", str(self.pid)])
 
     def _heal(self, lab: Backend) -> None:
         if self.pid is not None and lab.run(self.host, ["kill", "-CONT", str(self.pid)],
