@@ -95,6 +95,7 @@ class ProcInfo:
     pid: int
     state: str  # R, S, D, Z, ...
     start: int  # clock ticks since boot
+    session: int  # the session id (a service started in its own session: its pid)
 
 
 def proc_info(pid: int) -> ProcInfo | None:
@@ -105,7 +106,19 @@ def proc_info(pid: int) -> ProcInfo | None:
         return None
     # comm may contain spaces and parentheses: split after the last ')'.
     rest = raw[raw.rindex(")") + 2:].split()
-    return ProcInfo(pid=pid, state=rest[0], start=int(rest[19]))
+    return ProcInfo(pid=pid, state=rest[0], start=int(rest[19]), session=int(rest[3]))
+
+
+def session_members(sid: int) -> list[ProcInfo]:
+    """The live processes of session ``sid``, its leader (if alive) excluded. A PID is not
+    reused while a session bears it, so these are that session's, even with its leader gone."""
+    members: list[ProcInfo] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != sid:
+            info = proc_info(int(entry.name))
+            if info is not None and info.session == sid and info.state not in ("Z", "X"):
+                members.append(info)
+    return members
 
 
 def alive(pid: int, start: int | None = None) -> bool:

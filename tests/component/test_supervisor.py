@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from harness.poll import wait_until
 from lab.backend import ServiceSpec
 from lab.backends.netns.supervisor import Supervisor, listening_ports
 from lab.errors import HalabError
-from lab.system import alive, proc_info
+from lab.system import alive, proc_info, session_members
 
 
 def free_port() -> int:
@@ -29,9 +31,9 @@ def identity(argv: Sequence[str]) -> list[str]:
 
 
 @pytest.fixture
-def sup(tmp_path: Path) -> Supervisor:
+def sup(tmp_path: Path) -> Iterator[Supervisor]:
     s = Supervisor("h1", tmp_path / "run", tmp_path / "log", identity)
-    yield s  # type: ignore[misc]
+    yield s
     s.stop_all()
 
 
@@ -44,6 +46,16 @@ def listener(port: int) -> ServiceSpec:
         "signal.pause()"
     )
     return ServiceSpec("listener", (sys.executable, "-c", code), listens=(port,))
+
+
+def forking_listener(port: int) -> ServiceSpec:
+    """Like an nginx master: it listens, then forks a worker that holds the socket."""
+    code = (
+        "import os,socket,signal;"
+        f"s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+        f"s.bind(('127.0.0.1',{port}));s.listen();os.fork();signal.pause()"
+    )
+    return ServiceSpec("forking", (sys.executable, "-c", code), listens=(port,))
 
 
 def test_start_waits_until_listening(sup: Supervisor) -> None:
@@ -145,3 +157,20 @@ def test_stop_all_in_reverse_start_order(sup: Supervisor) -> None:
     assert sup.names() == ["listener", "second"]
     sup.stop_all()
     assert not any(s.running for s in sup.states())
+
+
+def test_a_killed_main_process_leaves_no_worker_at_start_or_stop(sup: Supervisor) -> None:
+    """As systemd's KillMode=control-group: the workers of a main process that was
+    SIGKILLed (a fault) go with it when the service is started or stopped again."""
+    port = free_port()
+    spec = forking_listener(port)
+    for again in (sup.start, lambda spec: sup.stop(spec.name)):
+        pid = sup.start(spec).pid
+        assert pid is not None
+        worker = wait_until(lambda: session_members(pid), 5.0, "the worker forked")[0]  # noqa: B023
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        assert not sup.state(spec.name).running
+        assert alive(worker.pid, worker.start) and port in listening_ports(worker.pid)
+        again(spec)  # a start binds the port anew: the worker must be gone first
+        assert not alive(worker.pid, worker.start)

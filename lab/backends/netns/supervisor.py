@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lab.backend import ServiceSpec, ServiceState
 from lab.errors import HalabError
-from lab.system import alive, proc_info
+from lab.system import alive, proc_info, session_members
 
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -140,10 +140,9 @@ class Supervisor:
                              "inputs": spec.inputs})
         specfile = self.specfile(spec.name)
         current = self.state(spec.name)
-        if current.running:
-            if specfile.exists() and specfile.read_text() == record:
-                return current
-            self.stop(spec.name)  # started with another spec or other inputs
+        if current.running and specfile.exists() and specfile.read_text() == record:
+            return current
+        self.stop(spec.name)  # started with another spec or inputs; or dead, with leftovers
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if not specfile.exists() or specfile.read_text() != record:
@@ -206,9 +205,17 @@ class Supervisor:
             time.sleep(POLL)
 
     def stop(self, name: str, timeout: float = STOP_TIMEOUT) -> None:
+        """Its main process, then what is left of its session, as systemd's default
+        KillMode=control-group does: an nginx master killed by a fault leaves its workers
+        holding the listening socket, serving."""
         rec = self._read_pidfile(name)
         if rec is not None:
-            terminate(*rec, timeout=timeout)
+            pid, start = rec
+            terminate(pid, start, timeout=timeout)
+            info = proc_info(pid)
+            if info is None or info.start == start:  # the number is not another's now
+                for left in session_members(pid):
+                    terminate(left.pid, left.start, timeout=timeout)
         self.pidfile(name).unlink(missing_ok=True)
 
     def stop_all(self) -> None:
