@@ -45,18 +45,22 @@ class Fault:
     host: str
     # when it took effect (epoch s); a fault is the same fault whenever it began
     at: float | None = field(default=None, init=False, compare=False)
+    # past its look-ups: from here a failure may leave part of it in effect, to heal
+    begun: bool = field(default=False, init=False, repr=False, compare=False)
 
     def inject(self, lab: Backend) -> float:
         """Inject; returns (and keeps in ``at``) the time it began to take effect
         (after the look-ups it needs, which can take long on a slow host)."""
         self._prepare(lab)
+        self.begun = True
         t0 = time.time()
         took = self._inject(lab)  # the host's own time of it, where the backend knows it
         self.at = t0 if took is None else took
         return self.at
 
     def _prepare(self, lab: Backend) -> None:
-        """Look-ups before the fault itself (not part of its timing)."""
+        """Look-ups and checks before the fault itself (not part of its timing); a
+        refusal here leaves the lab as it was."""
 
     def describe(self) -> str:
         """What is in effect, in a few words (``halab faults``)."""
@@ -123,10 +127,11 @@ class Freeze(SignalService):
         return f"{self.host}: {self.service} frozen (SIGSTOP, pid {self.pid})"
 
     def _heal(self, lab: Backend) -> None:
-        if self.pid is not None and lab.run(self.host, ["kill", "-CONT", str(self.pid)],
-                                            check=False).ok:
-            return
-        lab.restart_service(self.host, self.service)
+        now = next((s for s in lab.services(self.host) if s.name == self.service), None)
+        if now is not None and now.running and now.pid == self.pid:  # still that process
+            lab.run(self.host, ["kill", "-CONT", str(self.pid)])
+        elif now is None or not now.running:  # it went meanwhile (a restart wakes nothing)
+            lab.restart_service(self.host, self.service)
 
 
 @dataclass
@@ -260,6 +265,11 @@ class Netem(Fault):
         where = ", ".join(self.networks) if self.networks else "every lab link"
         return f"{self.host}: netem {self.spec()} on {where}"
 
+    def _prepare(self, lab: Backend) -> None:
+        self.spec()
+        if not self.interfaces(lab):
+            raise HalabError(f"{self.host} has no lab link on {', '.join(self.networks or ())}")
+
     def _inject(self, lab: Backend) -> float:
         spec = self.spec()
         lines = [f"qdisc replace dev {name} root netem {spec}" for name in self.interfaces(lab)]
@@ -324,27 +334,31 @@ class Faults:
         self._save()
         try:
             at = fault.inject(self.lab)
-        except Exception:  # undone at once if it can be (a refused fault leaves nothing)
-            with contextlib.suppress(Exception):
-                self.heal(fault)
+        except Exception:  # a refused one left nothing; a half-injected one is undone
+            if fault.begun:
+                with contextlib.suppress(Exception):
+                    self.heal(fault)
+            self._forget(fault)
             raise
         self._save()  # with its time
         return at
 
-    def heal(self, fault: Fault) -> None:
+    def _forget(self, fault: Fault) -> None:
         self.active = [f for f in self.active if f is not fault]
-        fault.heal(self.lab)
         self._save()
+
+    def heal(self, fault: Fault) -> None:
+        """Heal it, then strike it from the note (a heal that fails leaves it there)."""
+        fault.heal(self.lab)
+        self._forget(fault)
 
     def heal_all(self) -> None:
         errors = []
-        while self.active:
-            fault = self.active.pop()
+        for fault in reversed(list(self.active)):
             try:
-                fault.heal(self.lab)
-            except Exception as e:  # keep healing the others
+                self.heal(fault)
+            except Exception as e:  # keep healing the others; it stays in the note
                 errors.append(f"{fault}: {e}")
-        self._save()
         if errors:
             raise HalabError("could not heal: " + "; ".join(errors))
 

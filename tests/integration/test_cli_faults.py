@@ -119,6 +119,21 @@ def test_refuse_blackhole_stop_and_kill_by_name_then_heal(lab: Backend, topo: To
     assert refused.returncode == 2 and "runs no service 'heartbeat'" in refused.stderr
 
 
+def test_a_refused_fault_leaves_the_lab_as_it_was(lab: Backend, topo: Topology,
+                                                  healed: None) -> None:
+    """`kill` of a service a person stopped first is refused, and nothing starts it."""
+    web0 = topo.webs[0].name
+    ok(lab, "stop", web0, "nginx")
+    try:
+        refused = halab(lab, "fault", "kill", web0, "nginx")
+        assert refused.returncode != 0 and "nginx is not running" in refused.stderr
+        assert running_pid(lab, web0, "nginx") is None
+        assert ok(lab, "faults").strip() == "no fault in effect"
+    finally:
+        ok(lab, "start", web0, "nginx")
+    assert running_pid(lab, web0, "nginx") is not None
+
+
 def test_cut_the_client_then_heal(lab: Backend, topo: Topology, healed: None) -> None:
     assert tcp_to_vip(lab) == "open"
     ok(lab, "fault", "cut", topo.clients[0].name, "--network", topo.vip.network.name)

@@ -27,9 +27,17 @@ class Noted(Fault):
 
     log: list[str] = field(default_factory=list)
     broken_heal: bool = False
+    refused: bool = False  # by its look-ups, before anything was done
+    broken_inject: bool = False  # half done
+
+    def _prepare(self, lab: Backend) -> None:
+        if self.refused:
+            raise HalabError(f"{self.host}: refused")
 
     def _inject(self, lab: Backend) -> None:
         self.log.append(f"inject {self.host}")
+        if self.broken_inject:
+            raise HalabError(f"{self.host}: half done")
 
     def _heal(self, lab: Backend) -> None:
         if self.broken_heal:
@@ -43,7 +51,9 @@ def lab(tmp_path: Path) -> Any:
     return SimpleNamespace(control_dir=tmp_path)
 
 
-def test_heal_all_heals_what_is_left_newest_first_and_goes_on_after_an_error(lab: Any) -> None:
+def test_heal_all_heals_what_is_left_newest_first_and_goes_on_after_an_error(
+        lab: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(faults_mod, "CATALOGUE", (Noted,))
     log: list[str] = []
     faults = Faults(lab)
     a, b, c = Noted("a", log=log), Noted("b", log=log, broken_heal=True), Noted("c", log=log)
@@ -53,7 +63,22 @@ def test_heal_all_heals_what_is_left_newest_first_and_goes_on_after_an_error(lab
     with pytest.raises(HalabError, match="b cannot be healed"):
         faults.heal_all()
     assert log == ["inject a", "inject b", "inject c", "heal a", "heal c"]
-    assert not faults.active
+    assert faults.active == [b]  # still in effect, and still in the note
+    assert [f.host for f in Faults.load(lab).active] == ["b"]
+
+
+def test_a_refused_fault_is_not_healed_and_a_half_done_one_is(lab: Any,
+                                                                tmp_path: Path) -> None:
+    """A heal of a fault that was never injected would change the lab (a stopped service
+    that `kill` refuses to signal must not be started by the kill's heal)."""
+    log: list[str] = []
+    faults = Faults(lab)
+    for f, why in ((Noted("a", log=log, refused=True), "refused"),
+                   (Noted("b", log=log, broken_inject=True), "half done")):
+        with pytest.raises(HalabError, match=why):
+            faults.inject(f)
+    assert log == ["inject b", "heal b"]
+    assert not faults.active and not (tmp_path / "faults.json").exists()
 
 
 def test_a_fault_took_effect_when_the_host_says_so(lab: Any) -> None:
