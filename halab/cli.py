@@ -76,6 +76,17 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _watch_seconds(text: str) -> float:
+    """``watch --seconds``: it always ends by itself, within a day at most."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text}: more than 0 and at most 86400 (a day)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="halab",
@@ -118,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("service")
     faultcmd.add_parsers(add, [globals_after])
     wt = add("watch", help="the lab live: VIP, heartbeats, balancers, the client's loop, events")
-    wt.add_argument("--seconds", type=float, default=600.0,
+    wt.add_argument("--seconds", type=_watch_seconds, default=600.0,
                     help="stop after this long (default: %(default)g; Ctrl-C leaves sooner)")
     wt.add_argument("--json", action="store_true", help="one JSON object a second instead")
     dm = add("demo", help="the seed's scenario, narrated and measured: round robin, a web "
@@ -293,7 +304,8 @@ def cmd_demo(backend: Backend, pause: bool, out_dir: Path) -> int:
 def plain_stdio(argv: Sequence[str]) -> list[str]:
     """``argv`` with the remote terminal told to pass bytes as they are where ours is not
     a terminal: SSH backends give the command a tty (it ends with the session), whose
-    newline translation turned piped output into CRLF and whose echo doubled piped input."""
+    newline translation turned piped output into CRLF and whose echo doubled piped input.
+    (Only there: elsewhere stty would change the user's own terminal.)"""
     modes = [m for m, tty in (("-onlcr", sys.stdout.isatty()), ("-echo", sys.stdin.isatty()))
              if not tty]
     if not modes:
@@ -303,7 +315,7 @@ def plain_stdio(argv: Sequence[str]) -> list[str]:
 
 def exec_on(backend: Backend, host: str, argv: Sequence[str]) -> int:
     """Replace this process with ``argv`` on ``host`` (stdio and exit status pass through)."""
-    full = backend.command(host, plain_stdio(argv))
+    full = backend.command(host, plain_stdio(argv) if backend.command_has_tty else argv)
     os.execvpe(full[0], full, env())
     return 127  # not reached
 

@@ -160,6 +160,9 @@ class Transport(abc.ABC):
                        timeout=timeout)
         return float(res.text.split()[-1])
 
+    # True where ``command`` gives the remote command a terminal of its own (ssh -tt)
+    command_has_tty: bool = False
+
     @abc.abstractmethod
     def command(self, host: str, argv: Sequence[str]) -> list[str]:
         """The local argv that runs ``argv`` on ``host`` with inherited stdio."""

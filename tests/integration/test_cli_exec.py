@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import pty
 import queue
 import subprocess
 import sys
+import termios
 import threading
 import time
 
@@ -24,6 +27,23 @@ pytestmark = pytest.mark.integration
 def test_exec_passes_piped_output_as_it_is(lab: Backend, topo: Topology) -> None:
     """(SSH backends give the command a tty, whose newlines were CRLF in a pipe.)"""
     assert ok(lab, "exec", topo.directors[0].name, "--", "printf", r"a\nb\n") == "a\nb\n"
+
+
+def test_exec_leaves_the_callers_terminal_as_it_was(lab: Backend, topo: Topology) -> None:
+    """Typed at a terminal with its output piped (``halab exec dir0 -- cat f > f``): the
+    terminal is the user's (on netns the command shares it), so nothing may change it."""
+    mine, theirs = pty.openpty()
+    try:
+        before = termios.tcgetattr(theirs)
+        res = subprocess.run([sys.executable, "-m", "halab", "--lab", lab.kind, "--topology",
+                              str(topo.source), "exec", topo.directors[0].name, "--", "true"],
+                             stdin=theirs, capture_output=True, env=env(),
+                             timeout=60 * lab.slowness, check=False)
+        assert res.returncode == 0, res.stderr
+        assert termios.tcgetattr(theirs) == before
+    finally:
+        os.close(mine)
+        os.close(theirs)
 
 
 def test_the_daemons_tools_find_their_sockets_on_the_host(lab: Backend, topo: Topology) -> None:

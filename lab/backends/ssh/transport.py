@@ -183,6 +183,8 @@ class SshTransport(Transport):
         line = shlex.join(argv)
         return line if user == "root" else "sudo -n -- " + line
 
+    command_has_tty = True
+
     def command(self, host: str, argv: Sequence[str]) -> list[str]:
         """ssh with a tty (the remote command ends with the session), riding on a
         connection master started beforehand: a master forked by this very command
