@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from harness import measure
 from harness.faults import (
@@ -249,7 +250,8 @@ def report(m: Measured) -> None:
         out.print(f"  the client's ARP entry for the VIP changed after "
                   f"{m.measured['arp_seen_by_client_ms']:g} ms")
     png = any(p.suffix == ".png" for p in m.files)
-    out.print("  timeline: " + ", ".join(map(str, m.files)) + ("" if png else f"   ({NO_PLOTS})"))
+    out.print("  timeline: " + ", ".join(map(str, m.files))
+              + ("" if png else f"   ({escape(NO_PLOTS)})"))
 
 
 def _measured(lab: Backend, faults: Faults, fault: Fault, a: argparse.Namespace) -> int:

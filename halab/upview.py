@@ -63,15 +63,16 @@ class UpProgress:
             vm.ready, what = True, "ready"
         elif what.startswith("provisioning: "):
             what = "provisioning: " + re.sub(r" \([\d.]+ s\)$", "", what[len("provisioning: "):])
+        what = what.rstrip(".")
         if what != vm.step:
-            vm.step, vm.since = what.rstrip("."), now
+            vm.step, vm.since = what, now
 
     def view(self) -> Group:
         now = self.clock()
         done = sum(vm.ready for vm in self.vms.values())
         t = Table("VM", "step", "for")
         for name, vm in self.vms.items():
-            step = f"[green]{vm.step}[/]" if vm.ready else vm.step
+            step = Text(vm.step, style="green" if vm.ready else "")  # Vagrant's words: no markup
             t.add_row(name, step, "" if vm.ready else _clock(now - vm.since))
         head = Text(f"vagrant up: {done} of {len(self.vms)} VMs ready "
                     f"({_clock(now - self.t0)})", style="bold")

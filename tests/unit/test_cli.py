@@ -284,3 +284,18 @@ def test_other_labs_say_the_steps_only(tmp_path: Path, monkeypatch: pytest.Monke
     assert out[:5] == [f"{h}: provisioning: files written (0.1 s)" for h in lab.topology.hosts]
     assert re.fullmatch(r"client, dir0, dir1, web0, web1: provisioned in \d+\.\d s", out[5])
     assert len(out) == 6 and not (tmp_path / readiness.MARKERS).exists()
+
+
+@pytest.mark.parametrize("given", ["inf", "nan", "0", "-5", "x", "86401"])
+def test_watch_always_ends_by_itself(given: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args(["watch", "--seconds", given])
+    assert exc.value.code == 2
+    assert f"--seconds: {given}: more than 0 and at most 86400 (a day)" in capsys.readouterr().err
+
+
+def test_a_timeline_without_its_png_says_which_extra_to_install(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from halab.faultcmd import Measured, report
+    report(Measured("t", True, 30.0, 10, 0, {}, 211.0, (["dir0"], ["dir0"]), [Path("t.json")]))
+    assert "pip install 'halab[plots]'" in capsys.readouterr().out

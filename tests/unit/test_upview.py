@@ -64,3 +64,14 @@ def test_a_step_counts_its_own_time() -> None:
     p.feed("dir0: provisioning: files written (0.4 s)")
     assert p.vms["dir0"].step == "provisioning: files written"
     assert "0:00" in shown(p)
+
+
+def test_vagrants_words_are_shown_as_they_are() -> None:
+    """Brackets in a line are Vagrant's text, not markup (rich raised on `[/etc/hosts]`)."""
+    clock = Clock()
+    p = UpProgress(["dir0"], clock=clock)
+    p.feed("==> dir0: Copying [/etc/hosts] to the guest...")
+    assert "Copying [/etc/hosts] to the guest" in shown(p)
+    clock.t = 30.0
+    p.feed("==> dir0: Copying [/etc/hosts] to the guest.")  # the same step, its time goes on
+    assert "0:30" in shown(p)
