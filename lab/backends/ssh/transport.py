@@ -24,6 +24,7 @@ from lab.errors import HalabError
 from lab.topology import Host, Topology
 
 SSH_PERSIST = 600
+CHANNEL_TIMEOUT = 30.0  # s (x slowness): a session opened on a live connection takes ms
 HOST_KEY_PUB = "/etc/ssh/ssh_host_ed25519_key.pub"
 
 
@@ -208,11 +209,20 @@ class SshTransport(Transport):
         if input is not None:
             raise HalabError(f"the {self.kind} backend passes no input to commands")
         self._check_on(host, argv)
-        conn = self.connection(host)
+        conn = self.connection(host)  # (fabric, and with it invoke, is there)
+        from invoke.exceptions import CommandTimedOut
+
         try:
+            conn.open()  # (connected already: nothing) then a channel, within a bound: on
+            # a connection whose peer vanished (a VM powered off and on by another process)
+            # paramiko's open waits an hour by default
+            conn.transport.channel_timeout = CHANNEL_TIMEOUT * self.slowness
             res = conn.run(self._sudo(conn.user, argv), hide=True, warn=True, in_stream=False,
                            timeout=timeout * self.slowness)
-        except Exception as e:  # invoke's CommandTimedOut, paramiko's SSH errors
+        except CommandTimedOut as e:  # the command's own time: the connection is sound
+            raise HalabError(f"{host}: `{' '.join(argv)}`: {type(e).__name__}: {e}") from None
+        except Exception as e:  # paramiko's SSH errors: the next command connects anew
+            self._close(host)
             raise HalabError(f"{host}: `{' '.join(argv)}`: {type(e).__name__}: {e}") from None
         return Result(list(argv), res.exited, res.stdout.encode(), res.stderr.encode())
 
