@@ -392,14 +392,12 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "heal":
         return faultcmd.cmd_heal(backend, args.host)
     if args.cmd == "ssh-config":
-        if not backend.is_up():
-            raise HalabError(f"lab {backend.topology.lab} is not up: run `halab up` first")
+        faultcmd.require_up(backend)
         print(backend.ssh_config(), end="")
         return 0
     if args.cmd in ("exec", "shell", "logs", "start", "stop", "restart"):
         backend.host(args.host)
-        if not backend.is_up():
-            raise HalabError(f"lab {backend.topology.lab} is not up: run `halab up` first")
+        faultcmd.require_up(backend)
     if args.cmd == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not argv:

@@ -160,11 +160,17 @@ def cmd_list() -> int:
     return 0
 
 
+def require_up(lab: Backend) -> None:
+    """The lab is up, a host that a fault in effect powered off aside (its VM is off):
+    else one line that says so."""
+    if not lab.is_up(powered_off=Faults.load(lab).powered_off()):
+        raise HalabError(f"lab {lab.topology.lab} is not up: run `halab up` first")
+
+
 def cmd_fault(lab: Backend, a: argparse.Namespace) -> int:
     if a.fault == "list":
         return cmd_list()
-    if not lab.is_up():
-        raise HalabError(f"lab {lab.topology.lab} is not up: run `halab up` first")
+    require_up(lab)
     entry = BY_NAME[a.fault]
     fault = entry.build(lab, a)
     if fault.host not in lab.topology.hosts:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from harness.timeline import NeighWatch, Timeline
 from harness.traffic import ClientLoop, VipSample, VipSampler
 from lab.backend import Backend
+from lab.errors import HalabError
 from lab.topology import Topology
 
 CLIENT_TIMEOUT = 0.2  # the anchors' prober: 200 ms to connect
@@ -101,7 +102,10 @@ def timeline(lab: Backend, title: str, obs: Observation) -> Timeline:
     # every request up to half a second past the outage (at least the first second)
     until = t0 + min(max(1.0, ClientLoop.outage(results, t0) + 0.5), 60.0)
     for d in topo.directors:
-        tl.add_log(lab, d.name, "heartbeat", HB_EVENTS, t0 - 0.5, until)
+        try:
+            tl.add_log(lab, d.name, "heartbeat", HB_EVENTS, t0 - 0.5, until)
+        except HalabError as e:  # a VM still powered off (its disk is its own)
+            tl.add(t0, f"{d.name}/heartbeat", "log_not_read", str(e))
     # the survivor's verdict says how long the peer had been silent: its last heartbeat
     for m in [m for m in tl.marks if m.what == "peer_dead"]:
         silent = float(m.detail.split("silent_ms=")[1].split()[0])
@@ -132,7 +136,11 @@ def budget(lab: Backend) -> dict[str, float]:
     """The failover budget (ms) a running director reports for its timers; none if no
     director answers (both powered off, say)."""
     for d in lab.topology.directors:
-        res = lab.run(d.name, ["hbctl", "status", "--json"], check=False, timeout=10 * lab.slowness)
+        try:
+            res = lab.run(d.name, ["hbctl", "status", "--json"], check=False,
+                          timeout=10 * lab.slowness)
+        except HalabError:
+            continue  # powered off, or cut off from us: ask the next
         if res.ok:
             budget = json.loads(res.text).get("failover_budget_ms", {})
             return {k: float(v) for k, v in budget.items()}

@@ -191,11 +191,6 @@ def test_netem_delays_a_link_or_says_why_not(lab: Backend, topo: Topology,
 def test_measure_a_power_loss_of_the_master(lab: Backend, topo: Topology, tmp_path: Path,
                                             healed: None,
                                             record: Callable[..., None]) -> None:
-    if lab.slowness > 1:
-        pytest.skip("not yet on VMs: in the VM stage of 2026-12-04 it failed (the CLI's "
-                    "power-on within its 600 s, probably) and its teardown's power-on hung on "
-                    "a connection the power cycle had left stale (now bounded); the VM stage "
-                    "proves a power loss through test_failover")
     master = one_owner(lab, topo)
     survivor = other(topo, master)
     out = ok(lab, "fault", "power-off", master, "--measure", "--out", str(tmp_path))

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,17 +201,18 @@ class VagrantBackend(SshBackend):
     def virsh(self, *args: str, check: bool = True) -> str:
         return vmhost.run(["virsh", *args], check=check).stdout.decode(errors="replace")
 
-    def is_up(self) -> bool:
-        """Every host's VM runs. Asks libvirt only when Vagrant recorded a VM for every
-        host in this checkout; never starts anything, never raises."""
+    def is_up(self, powered_off: Collection[str] = ()) -> bool:
+        """Every host's VM runs (but the ``powered_off`` ones, which may not). Asks
+        libvirt only when Vagrant recorded a VM for every host in this checkout; never
+        starts anything, never raises."""
         try:
-            domains = [self.domain(h) for h in self.topology.hosts]
+            domains = {h: self.domain(h) for h in self.topology.hosts}
             if not vmhost.available():
                 return False
             running = vmhost.run(["virsh", "list", "--uuid"], timeout=15).stdout.split()
         except (HalabError, OSError, subprocess.SubprocessError):  # (no virsh, no answer)
             return False
-        return all(d.encode() in running for d in domains)
+        return all(d.encode() in running for h, d in domains.items() if h not in powered_off)
 
     # up and down ------------------------------------------------------------
 
