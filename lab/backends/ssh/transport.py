@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import io
+import logging
 import os
 import shlex
 import subprocess
@@ -26,6 +27,11 @@ from lab.topology import Host, Topology
 SSH_PERSIST = 600
 CHANNEL_TIMEOUT = 30.0  # s (x slowness): a session opened on a live connection takes ms
 HOST_KEY_PUB = "/etc/ssh/ssh_host_ed25519_key.pub"
+
+# paramiko logs a connection it could not open (a VM still booting: "Error reading SSH
+# protocol banner") with its traceback, and Python prints that on stderr when nobody
+# handles its logs; the failure itself comes here as an exception, said in one line
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def require_fabric(kind: str) -> None:
