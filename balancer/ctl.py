@@ -21,6 +21,12 @@ DEFAULT_CONFIG = "/etc/halab/balancer.toml"  # the daemon's own default
 DEFAULT_SOCKET = "/run/halab/balancer.sock"
 
 
+def socket_path(config: str = DEFAULT_CONFIG) -> str:
+    """The socket the daemon's config names (``[global] admin_socket``), else the default:
+    how balancerctl finds its daemon on any host without ``-s``."""
+    return control.socket_in_config(config, "global", "admin_socket", DEFAULT_SOCKET)
+
+
 def failed(answer: str) -> bool:
     """The balancer refused the command (or part of it, on one worker)."""
     return any(line.startswith("error:") for line in answer.splitlines())
@@ -37,8 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("command", nargs=argparse.REMAINDER, help="e.g. show servers")
     args = ap.parse_args(argv)
     try:
-        args.socket = args.socket or control.socket_in_config(
-            args.config, "global", "admin_socket", DEFAULT_SOCKET)
+        args.socket = args.socket or socket_path(args.config)
     except (OSError, ValueError) as e:
         print(f"balancerctl: {e}", file=sys.stderr)
         return 2

@@ -10,11 +10,11 @@ bounded in time (``--seconds``); Ctrl-C leaves at once, the client's loop stoppe
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rich.console import Console, Group
@@ -22,10 +22,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from halab.faultcmd import require_up
 from harness.measure import client_timeout, vip_url
 from harness.traffic import ClientLoop, vip_state
 from lab.backend import Backend
 from lab.errors import HalabError
+from lab.system import env
 
 GAP_MS = 50.0  # the client's loop: about 20 requests a second, as a person can follow
 EVENTS = 8  # the latest events shown
@@ -65,39 +67,128 @@ class Client:
         self.loop.stop()
 
 
-MARK = "--halab-watch--"
-# one command a director a second (one SSH round trip on a VM): its addresses, its
-# heartbeat's status and its balancer's view, each after a mark (empty: no answer)
-LOOK = (f"ip -j -4 addr show; echo {MARK}; hbctl status --json 2>/dev/null; echo {MARK}; "
-        "balancerctl show stat json 2>/dev/null")
+STALE = 2.0  # s without a line from a director's look: it is shown as not answering
+FIRST_LOOK = 10.0  # s (at the lab's pace) to wait for each director's first line
+RESTART = 10.0  # s without one: its session is ended and opened anew (powered on again)
+LOOK_LAG = 0.25  # s (at the lab's pace) for a look on the second to reach the view
+HISTORY = 4  # lines kept of each director, to read them all as of one moment
+SAME_MOMENT = 0.5  # s: looks this close together stand for one moment (each on the second)
 
 
-def _director(lab: Backend, name: str) -> dict[str, Any]:
-    """One director as it sees itself: VIP, heartbeat, balancer (None: no answer)."""
-    out: dict[str, Any] = {"vip": None, "heartbeat": None, "servers": None}
-    try:
-        res = lab.run(name, ["sh", "-c", LOOK], check=False, timeout=5 * lab.slowness)
-    except HalabError:
-        return out  # powered off, or cut off from us
-    parts = res.text.split(MARK + "\n")
-    if len(parts) != 3:
+class Looks:
+    """``harness.look`` on every director, one session each for the whole view, read in
+    threads. A session that ends, or stays silent for ``RESTART`` s (a VM powered off
+    holds its TCP connection), is opened anew while the view lasts.
+
+    The directors look at themselves on each whole second, but their lines arrive one
+    after the other; ``now()`` reads them as of one moment, the newest line every
+    answering director has sent (a director whose line is late would otherwise still
+    show the VIP the other has just taken: a split brain that never was)."""
+
+    def __init__(self, lab: Backend, seconds: float) -> None:
+        self.lab = lab
+        self._end = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        # (when it came, monotonic; the line), newest last; empty while not answering
+        self._lines: dict[str, deque[tuple[float, dict[str, Any]]]] = {
+            d.name: deque(maxlen=HISTORY) for d in lab.topology.directors}
+        self._heard: dict[str, float] = {}  # the last line, or the session's start
+        self._procs: dict[str, subprocess.Popen[str]] = {}
+        self._closed = threading.Event()
+        for d in lab.topology.directors:
+            threading.Thread(target=self._follow, args=(d.name,), daemon=True).start()
+
+    def _follow(self, name: str) -> None:
+        while not self._closed.is_set() and (left := self._end - time.monotonic()) > 0:
+            started = time.monotonic()
+            try:
+                argv = self.lab.command(name, [self.lab.python, "-m", "harness.look",
+                                               "--seconds", f"{left + 5:.0f}"])
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True, env=env())
+            except (HalabError, OSError, subprocess.SubprocessError):
+                self._closed.wait(1.0)
+                continue
+            with self._lock:
+                self._procs[name] = proc
+                self._heard[name] = time.monotonic()
+            if not self._closed.is_set():
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    try:
+                        obj = json.loads(line)
+                        float(obj["t"])
+                    except (ValueError, KeyError, TypeError):
+                        continue  # not a look (ssh's own words)
+                    with self._lock:
+                        self._heard[name] = time.monotonic()
+                        self._lines[name].append((self._heard[name], obj))
+            with self._lock:
+                self._lines[name].clear()  # the session ended: not answering
+            proc.kill()
+            proc.wait()
+            self._closed.wait(max(0.0, 1.0 - (time.monotonic() - started)))
+
+    def _reap_silent(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for name, proc in self._procs.items():
+                if now - self._heard[name] > RESTART and proc.poll() is None:
+                    proc.kill()  # its reader sees the end and opens a new session
+                    self._heard[name] = now
+
+    def now(self) -> dict[str, dict[str, Any]]:
+        """Each director as it saw itself at one moment: VIP, heartbeat, balancer; each
+        None when not answering (no line for ``STALE`` s: powered off, cut off, not yet
+        heard). The moment is the newest every answering director has reached."""
+        self._reap_silent()
+        t = time.monotonic()
+        with self._lock:
+            fresh = {n: list(lines) for n, lines in self._lines.items()
+                     if lines and t - lines[-1][0] <= STALE}
+        moment = min((float(lines[-1][1]["t"]) for lines in fresh.values()), default=0.0)
+        seen = {}
+        for name in self._lines:
+            at = [obj for _, obj in fresh.get(name, []) if obj["t"] <= moment + SAME_MOMENT]
+            seen[name] = self._facts(at[-1] if at else fresh[name][0][1]) if name in fresh \
+                else {"vip": None, "heartbeat": None, "servers": None}
+        return seen
+
+    def _facts(self, obj: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"vip": None, "heartbeat": None, "servers": None}
+        try:
+            out["vip"] = vip_state(obj["addr"].encode(), str(self.lab.topology.vip.address))
+            if (st := obj["heartbeat"]) is not None:
+                out["heartbeat"] = {
+                    "state": st["state"],
+                    "peers": {p["name"]: {"state": p["state"], "alive": p["alive"],
+                                          "last_heard_ms": p["last_heard_ms"],
+                                          "links": p["links"]} for p in st["peers"]}}
+            if (lb := obj["balancer"]) is not None:
+                out["servers"] = [{"name": s["name"], "state": s["state"],
+                                   "weight": s["weight"], "active": s["active"]}
+                                  for s in lb["servers"]]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # a daemon starting, or a line that is not one: shown as no answer
         return out
-    addr, hb, lb = parts
-    try:
-        out["vip"] = vip_state(addr.encode(), str(lab.topology.vip.address))
-        if hb.strip():
-            st = json.loads(hb)
-            out["heartbeat"] = {
-                "state": st["state"],
-                "peers": {p["name"]: {"state": p["state"], "alive": p["alive"],
-                                      "last_heard_ms": p["last_heard_ms"], "links": p["links"]}
-                          for p in st["peers"]}}
-        if lb.strip():
-            out["servers"] = [{"name": s["name"], "state": s["state"], "weight": s["weight"],
-                               "active": s["active"]} for s in json.loads(lb)["servers"]]
-    except (ValueError, KeyError):
-        pass  # a daemon down or starting: shown as no answer
-    return out
+
+    def first(self, timeout: float) -> None:
+        """Wait (bounded) until every director has been heard once."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if all(self._lines.values()):
+                    return
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            procs = list(self._procs.values())
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 class Watch:
@@ -106,9 +197,16 @@ class Watch:
         self.client = Client(lab, seconds)
         self.events: deque[tuple[float, str]] = deque(maxlen=EVENTS)
         self.last: dict[str, Any] = {}
-        self.pool = ThreadPoolExecutor(max_workers=len(lab.topology.directors))
+        self.looks = Looks(lab, seconds)
+        self.looks.first(FIRST_LOOK * lab.slowness)
         self.ok = self.failed = 0
         self.served = True  # the client's last request
+
+    def wait_next(self) -> None:
+        """Until the next sample: just after the directors' next looks (on the second)
+        have come in."""
+        offset = min(LOOK_LAG * self.lab.slowness, 0.8)
+        time.sleep((offset - time.time()) % 1.0 or 1.0)
 
     def _event(self, t: float, what: str) -> None:
         self.events.append((t, what))
@@ -117,8 +215,7 @@ class Watch:
         """The facts now, and what changed since the last sample (as events)."""
         t = time.time()
         names = [d.name for d in self.lab.topology.directors]
-        seen = dict(zip(names, self.pool.map(lambda n: _director(self.lab, n), names),
-                        strict=True))
+        seen = self.looks.now()
         holders = [n for n in names if seen[n]["vip"] == "announced"]
         new = self.client.take()
         good = [r for r in new if r.get("status") == 200]
@@ -162,7 +259,7 @@ class Watch:
 
     def close(self) -> None:
         self.client.stop()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.looks.close()
 
 
 def render(s: dict[str, Any]) -> Group:
@@ -210,23 +307,20 @@ def _servers(servers: list[dict[str, Any]] | None) -> str:
 
 
 def cmd_watch(lab: Backend, seconds: float, as_json: bool, console: Console) -> int:
-    if not lab.is_up():
-        raise HalabError(f"lab {lab.topology.lab} is not up: run `halab up` first")
+    require_up(lab)
     w = Watch(lab, seconds)
     end = time.monotonic() + seconds
     try:
         if as_json:
             while time.monotonic() < end:
-                t0 = time.monotonic()
                 print(json.dumps(w.sample()), flush=True)
-                time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+                w.wait_next()
             return 0
         with Live(render(w.sample()), console=console, refresh_per_second=4,
                   screen=False) as live:
             while time.monotonic() < end:
-                t0 = time.monotonic()
+                w.wait_next()
                 live.update(render(w.sample()))
-                time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
         return 0
     except KeyboardInterrupt:
         return 0

@@ -20,6 +20,12 @@ DEFAULT_CONFIG = "/etc/halab/heartbeat.toml"  # the daemon's own default
 DEFAULT_SOCKET = "/run/halab/heartbeat.sock"
 
 
+def socket_path(config: str = DEFAULT_CONFIG) -> str:
+    """The socket the daemon's config names (``[cluster] control_socket``), else the default:
+    how hbctl finds its daemon on any host without ``-s``."""
+    return control.socket_in_config(config, "cluster", "control_socket", DEFAULT_SOCKET)
+
+
 def ask(path: str, command: str, timeout: float = 5.0) -> Any:
     """The daemon's answer to one command, decoded (it answers in JSON)."""
     return json.loads(control.request(path, command, timeout))
@@ -53,8 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
-        args.socket = args.socket or control.socket_in_config(
-            args.config, "cluster", "control_socket", DEFAULT_SOCKET)
+        args.socket = args.socket or socket_path(args.config)
     except (OSError, ValueError) as e:
         print(f"hbctl: {e}", file=sys.stderr)
         return 2

@@ -29,14 +29,6 @@ from .test_cli_faults import one_owner
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(autouse=True)
-def paced(lab: Backend) -> None:
-    if lab.slowness > 1:
-        pytest.skip("watch samples once a second; under TCG one sample (an SSH round trip "
-                    "and two Python tools per director) takes several seconds, so 'within a "
-                    "second' cannot be shown there; the netns lab proves it")
-
-
 def watch_argv(lab: Backend, *args: str) -> list[str]:
     return [sys.executable, "-m", "halab", "--lab", lab.kind, "--topology",
             str(lab.topology.source), "watch", *args]
