@@ -200,6 +200,51 @@ def test_up_records_the_driver_and_down_forgets_it(tmp_path: Path,
     assert no_commands == []
 
 
+def test_another_checkouts_vms_in_halabs_libvirtd_stop_up_and_outlive_down(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        no_commands: list[Sequence[str]]) -> None:
+    """Two checkouts share halab's libvirtd and the topology's networks: a second `up`
+    would take the first lab's networks and replace the box its disks are made from (the
+    CI of 2026-12-04, on a clone also named main). It refuses, naming their VMs, before
+    it touches anything; `down` ends its own VMs, never the networks and daemons theirs
+    still use."""
+    ids = record_vms(tmp_path, list(TOPO.hosts))
+    theirs = "ffffffff-0000-0000-0000-000000000001"
+    names = {ids[0]: "mine_client", theirs: "main_dir0"}
+    tried: list[list[str]] = []
+
+    def virsh(argv: Sequence[str], **_: Any) -> subprocess.CompletedProcess[bytes]:
+        tried.append(list(argv))
+        args = list(argv)[list(argv).index("virsh") + 1:] if "virsh" in argv else []
+        if args == ["list", "--all", "--uuid"]:
+            return subprocess.CompletedProcess(argv, 0, "\n".join(names).encode(), b"")
+        if args[:1] == ["domname"]:
+            return subprocess.CompletedProcess(argv, 0, names[args[1]].encode(), b"")
+        return subprocess.CompletedProcess(argv, 0, b"", b"")
+
+    monkeypatch.setattr(subprocess, "run", virsh)
+    monkeypatch.setenv(vmhost.MODE_ENV, "netns")
+    monkeypatch.setattr(vmhost, "available", lambda: True)
+    monkeypatch.setattr(vmhost, "start", lambda driver: None)
+    stopped: list[bool] = []
+    monkeypatch.setattr(vmhost, "stop", lambda: stopped.append(True))
+    lab = vagrant.VagrantBackend(TOPO, root=tmp_path)
+    monkeypatch.setattr(lab, "vagrant", lambda *args, **_: tried.append(["vagrant", *args]))
+    assert lab.others() == ["main_dir0"]
+    with pytest.raises(HalabError, match="did not make: main_dir0; another checkout"):
+        lab.up()
+    assert not [a for a in tried if "vagrant" in a or "vol-delete" in a]
+    tried.clear()
+    lab.down()
+    assert ["vagrant", "destroy", "-f"] in tried  # its own VMs go
+    assert not [a for a in tried if "net-destroy" in a] and not stopped
+    del names[theirs]  # theirs gone: down ends it all
+    lab.down()
+    assert stopped == [True]
+    monkeypatch.setenv(vmhost.MODE_ENV, "system")  # the machine's libvirtd: others' VMs
+    assert lab.others() == []
+
+
 # without root ------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ lab/backends/vagrant/vmhost.py: ``HALAB_VMHOST``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -221,9 +222,28 @@ class VagrantBackend(SshBackend):
         shown as it comes, or given to ``on_line`` line by line."""
         self._record_driver()
         vmhost.start(self.driver)
+        if others := self.others():
+            raise HalabError(
+                f"halab's libvirtd (in {vmhost.NS}) runs VMs this checkout did not make: "
+                f"{', '.join(others)}; another checkout's lab on the same networks, most "
+                "likely: bring it down there first (halab --lab vagrant down)")
         self._register_box()
         self._wheelhouse()  # once, before the VMs' provisioning runs want it
         self.vagrant("up", "--parallel", show=True, on_line=on_line)
+
+    def others(self) -> list[str]:
+        """The VMs (names) in halab's own libvirtd that are not this checkout's: another
+        checkout's lab, whose networks, addresses and box are this one's. None in the
+        ``system`` mode, where the machine's libvirtd runs the user's other VMs too."""
+        if vmhost.mode() != "netns" or not vmhost.available():
+            return []
+        ours = set()
+        for h in self.topology.hosts:
+            with contextlib.suppress(HalabError):
+                ours.add(self.domain(h))
+        listed = self.virsh("list", "--all", "--uuid", check=False).split()
+        return sorted(self.virsh("domname", u, check=False).strip() or u
+                      for u in listed if u not in ours)
 
     def _register_box(self) -> None:
         self.control_dir.mkdir(parents=True, exist_ok=True)
@@ -247,13 +267,18 @@ class VagrantBackend(SshBackend):
     def down(self) -> None:
         self.close()
         own = vmhost.mode() == "netns"  # (the machine's own libvirtd serves others too)
-        if vmhost.available() and (self.root / ".vagrant" / "machines").exists():
+        made = vmhost.available() and (self.root / ".vagrant" / "machines").exists()
+        if made:
             self.vagrant("destroy", "-f")
-            for net in self.virsh("net-list", "--name", check=False).split():
-                if net.startswith(f"{self.topology.lab}-") or (own and net == "vagrant-libvirt"):
-                    self.virsh("net-destroy", net, check=False)
-                    self.virsh("net-undefine", net, check=False)
-        vmhost.stop()
+        # another checkout's VMs left running use the networks and the libvirtd: theirs
+        if not self.others():
+            if made:
+                for net in self.virsh("net-list", "--name", check=False).split():
+                    if net.startswith(f"{self.topology.lab}-") or (
+                            own and net == "vagrant-libvirt"):
+                        self.virsh("net-destroy", net, check=False)
+                        self.virsh("net-undefine", net, check=False)
+            vmhost.stop()
         (self.control_dir / "ssh_config").unlink(missing_ok=True)
         for f in (self.control_dir / "ssh").glob("*.json"):
             f.unlink()
