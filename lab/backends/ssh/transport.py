@@ -6,10 +6,12 @@ OpenSSH and the operator; host keys checked, or trusted on first use and remembe
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib.util
 import io
 import logging
 import os
+import select
 import shlex
 import subprocess
 import tarfile
@@ -40,6 +42,39 @@ def require_fabric(kind: str) -> None:
     if importlib.util.find_spec("fabric") is None:
         raise HalabError(f"the {kind} lab needs fabric, which is not installed: "
                          f"pip install 'halab[ssh]' (./bootstrap deps has it)")
+
+
+@functools.cache
+def _connection_class() -> Any:
+    """fabric's Connection, its ProxyCommand (the vagrant lab's ``nc`` into halab's
+    libvirt namespace) read as a socket is: once the command has ended (a VM booting
+    refused the connection), the read says so. paramiko's own ProxyCommand.recv loops
+    on an empty read until its timeout, a core busy all along: a power-on under TCG,
+    polling for the VM's sshd, took 2.5 min and 110 CPU-seconds, the VMs' emulation
+    slowed by it (measured 2026-12-04)."""
+    import fabric
+    from paramiko.proxy import ProxyCommand, ProxyCommandFailure
+
+    class Proxy(ProxyCommand):  # type: ignore[misc]
+        def recv(self, size: int) -> bytes:
+            try:
+                r, _, _ = select.select([self.process.stdout], [], [], self.timeout)
+                if not r:
+                    raise TimeoutError
+                return os.read(self.process.stdout.fileno(), size)  # b"": it ended
+            except OSError as e:
+                if isinstance(e, TimeoutError):
+                    raise
+                raise ProxyCommandFailure(" ".join(self.cmd), e.strerror) from e
+
+    class Connection(fabric.Connection):  # type: ignore[misc]
+        def open_gateway(self) -> Any:
+            gateway = super().open_gateway()
+            if isinstance(gateway, ProxyCommand):
+                gateway.__class__ = Proxy
+            return gateway
+
+    return Connection
 
 
 def ssh_block(name: str, t: Target, lines: Sequence[str], login: bool = True) -> str:
@@ -161,9 +196,9 @@ class SshTransport(Transport):
                 cfg = fabric.Config(runtime_ssh_path=str(self.ssh_config_path()))
                 # an SSH handshake under TCG, five at once, can take many seconds
                 wait = 30 * self.slowness
-                conn = fabric.Connection(host, config=cfg, connect_timeout=wait,
-                                         connect_kwargs={"banner_timeout": wait,
-                                                         "auth_timeout": wait})
+                conn = _connection_class()(host, config=cfg, connect_timeout=wait,
+                                           connect_kwargs={"banner_timeout": wait,
+                                                           "auth_timeout": wait})
                 self._trust(conn.client, host, t)
                 self._conns[host] = conn
             return conn
