@@ -328,3 +328,29 @@ def test_power_on_starts_only_a_vm_that_is_off(tmp_path: Path, monkeypatch: pyte
     vms.power_on("dir0")
     assert [c[1:] for c in calls if c[0] == "virsh"] == [["domstate", dom]] + (
         [["start", dom]] if started else [])
+
+
+def test_a_power_cycle_by_another_process_is_known_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        no_commands: list[Sequence[str]]) -> None:
+    """`halab fault power-off` in one process, the suite in another: the suite's next
+    command there fails at once, not after SSH's timeouts on a dead connection (150 s
+    under TCG, measured 2026-12-04), and once the VM is on again its connection from
+    before the cycle is dropped, not used."""
+    record_vms(tmp_path, ["dir0"])
+    monkeypatch.setattr(subprocess, "run", lambda argv, **_: subprocess.CompletedProcess(
+        argv, 0, b"running\n", b""))
+    suite, cli = (vagrant.VagrantBackend(TOPO, root=tmp_path) for _ in range(2))
+    closed: list[str] = []
+    monkeypatch.setattr(suite, "_close", closed.append)
+    suite._check_on("dir0", ["true"])  # a connection is made: before any cycle
+    cli.power_off("dir0")
+    with pytest.raises(HalabError, match="dir0: `true`: the host is powered off"):
+        suite._check_on("dir0", ["true"])
+    monkeypatch.setattr(cli, "run", lambda *a, **k: Result(["systemctl"], 0, b"running\n"))
+    monkeypatch.setattr(cli, "virsh", lambda *a, **k: "shut off")
+    cli.power_on("dir0")
+    suite._check_on("dir0", ["true"])
+    assert closed == ["dir0"]  # the connection from before the cycle
+    suite._check_on("dir0", ["true"])
+    assert closed == ["dir0"]  # the new one is kept

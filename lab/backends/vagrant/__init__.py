@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,9 +86,8 @@ class VagrantBackend(SshBackend):
         self.driver = os.environ.get(DRIVER_ENV) or self._recorded_driver() or "kvm"
         # software emulation is an order of magnitude slower: so are a command's limits
         self.slowness = 5.0 if self.driver == "qemu" else 1.0
-        # hosts this backend powered off: a command there fails at once, as it would on
-        # a host whose power is gone (not after SSH's timeouts on a dead connection)
-        self._off: set[str] = set()
+        # the power cycles each host's connection has lived through (_check_on)
+        self._cycles: dict[str, int] = {}
         self._clock: str | None = None
 
     # vagrant and virsh ---------------------------------------------------------
@@ -230,6 +230,9 @@ class VagrantBackend(SshBackend):
         self._register_box()
         self._wheelhouse()  # once, before the VMs' provisioning runs want it
         self.vagrant("up", "--parallel", show=True, on_line=on_line)
+        for h in self.topology.hosts:  # a VM a fault had powered off runs again
+            if self._power(h)[0] == "off":
+                self._set_power(h, "on")
 
     def others(self) -> list[str]:
         """The VMs (names) in halab's own libvirtd that are not this checkout's: another
@@ -283,6 +286,7 @@ class VagrantBackend(SshBackend):
         for f in (self.control_dir / "ssh").glob("*.json"):
             f.unlink()
         (self.control_dir / "driver").unlink(missing_ok=True)
+        shutil.rmtree(self.control_dir / "power", ignore_errors=True)
         readiness.clear(self.control_dir)
 
     # how SSH reaches the VMs ------------------------------------------------------
@@ -314,9 +318,35 @@ class VagrantBackend(SshBackend):
     def _trust(self, client: Any, host: str, t: Target) -> None:
         """(fabric's own policy: any key; see _login_host_keys)"""
 
+    # A power-off and a power-on are written down in the checkout (power/HOST: "off N"
+    # or "on N", N the power-offs so far), so that every process of this lab knows at
+    # once (the suite's, a `halab fault power-off` run beside it): a command on a host
+    # powered off fails at once, as it would on a host whose power is gone, rather than
+    # after SSH's timeouts on a dead connection; a connection opened before a power
+    # cycle is dropped (its VM has booted since: the connection is gone with it).
+
+    def _power(self, host: str) -> tuple[str, int]:
+        try:
+            state, cycles = (self.control_dir / "power" / host).read_text().split()
+            return state, int(cycles)
+        except (OSError, ValueError):
+            return "on", 0
+
+    def _set_power(self, host: str, state: str) -> None:
+        cycles = self._power(host)[1] + (state == "off")
+        d = self.control_dir / "power"
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{host}.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(f"{state} {cycles}\n")
+        tmp.replace(d / host)
+
     def _check_on(self, host: str, argv: Sequence[str]) -> None:
-        if host in self._off:
+        state, cycles = self._power(host)
+        if state == "off":
             raise HalabError(f"{host}: `{' '.join(argv)}`: the host is powered off")
+        if self._cycles.setdefault(host, cycles) != cycles:
+            self._close(host)
+            self._cycles[host] = cycles
 
     # halab and the clock in the VM -------------------------------------------------
 
@@ -367,7 +397,7 @@ class VagrantBackend(SshBackend):
     def power_off(self, host: str) -> None:
         """A hard power-off of the domain: no process gets to say goodbye."""
         self.virsh("destroy", self.domain(host))
-        self._off.add(host)
+        self._set_power(host, "off")
         self._close(host)  # a command still waiting on the dead connection fails now
 
     def power_on(self, host: str) -> None:
@@ -378,7 +408,7 @@ class VagrantBackend(SshBackend):
         dom = self.domain(host)
         if self.virsh("domstate", dom, check=False).strip() != "running":
             self.virsh("start", dom)
-        self._off.discard(host)
+        self._set_power(host, "on")
         deadline = time.monotonic() + 900
         while True:
             try:
