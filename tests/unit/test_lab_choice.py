@@ -233,6 +233,8 @@ def test_another_checkouts_vms_in_halabs_libvirtd_stop_up_and_outlive_down(
     assert lab.others() == ["main_dir0"]
     with pytest.raises(HalabError, match="did not make: main_dir0; another checkout"):
         lab.up()
+    with pytest.raises(HalabError, match="did not make: main_dir0"):
+        lab.vagrant_interactive(["up", "--parallel"])  # (`halab vagrant -- up`: CI's)
     assert not [a for a in tried if "vagrant" in a or "vol-delete" in a]
     tried.clear()
     lab.down()

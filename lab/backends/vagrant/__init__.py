@@ -119,7 +119,7 @@ class VagrantBackend(SshBackend):
     def vagrant_interactive(self, args: Sequence[str]) -> int:
         """``vagrant ARGS`` with this terminal, libvirtd started (``vagrant up`` alone
         yields a provisioned lab: the Vagrantfile's trigger)."""
-        vmhost.start(self.driver)
+        self._start_vmhost()
         self._register_box()
         return subprocess.run(vmhost.command(["vagrant", *args]), cwd=self.root,
                               env=self._vagrant_env(), check=False).returncode
@@ -221,18 +221,23 @@ class VagrantBackend(SshBackend):
         """``vagrant up``, each VM provisioned by the Vagrantfile's trigger; its output
         shown as it comes, or given to ``on_line`` line by line."""
         self._record_driver()
-        vmhost.start(self.driver)
-        if others := self.others():
-            raise HalabError(
-                f"halab's libvirtd (in {vmhost.NS}) runs VMs this checkout did not make: "
-                f"{', '.join(others)}; another checkout's lab on the same networks, most "
-                "likely: bring it down there first (halab --lab vagrant down)")
+        self._start_vmhost()
         self._register_box()
         self._wheelhouse()  # once, before the VMs' provisioning runs want it
         self.vagrant("up", "--parallel", show=True, on_line=on_line)
         for h in self.topology.hosts:  # a VM a fault had powered off runs again
             if self._power(h)[0] == "off":
                 self._set_power(h, "on")
+
+    def _start_vmhost(self) -> None:
+        """libvirtd started, and this checkout's alone in it (before the box is
+        registered: that replaces the box other VMs' disks stand on)."""
+        vmhost.start(self.driver)
+        if others := self.others():
+            raise HalabError(
+                f"halab's libvirtd (in {vmhost.NS}) runs VMs this checkout did not make: "
+                f"{', '.join(others)}; another checkout's lab on the same networks, most "
+                "likely: bring it down there first (halab --lab vagrant down)")
 
     def others(self) -> list[str]:
         """The VMs (names) in halab's own libvirtd that are not this checkout's: another
