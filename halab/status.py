@@ -8,7 +8,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from harness.faults import Faults
 from harness.traffic import vip_state
 from lab.backend import Backend
 from lab.errors import HalabError
@@ -46,7 +45,7 @@ def _backend_health(backend: Backend, host: Host) -> list[dict[str, Any]] | None
 
 def gather(backend: Backend) -> dict[str, Any]:
     topo = backend.topology
-    up = backend.is_up(powered_off=Faults.load(backend).powered_off())
+    up = backend.is_up()
     hosts = []
     vip_holders, vip_silent = [], []
     for host in backend.hosts():

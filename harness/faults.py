@@ -378,10 +378,6 @@ class Faults:
         else:
             path.unlink(missing_ok=True)
 
-    def powered_off(self) -> set[str]:
-        """The hosts a power loss in effect has turned off."""
-        return {f.host for f in self.active if isinstance(f, PowerLoss)}
-
     @classmethod
     def load(cls, lab: Backend) -> Faults:
         """What is in effect now, from the note (``halab fault`` adds to it one command at

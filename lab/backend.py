@@ -22,7 +22,7 @@ every backend.
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,9 +286,9 @@ class Backend(Transport, Services, Links, Power):
         """Stop everything and remove every trace; idempotent."""
 
     @abc.abstractmethod
-    def is_up(self, powered_off: Collection[str] = ()) -> bool:
-        """Whether the lab's hosts exist; ``powered_off`` ones (a fault turned them off)
-        may be off."""
+    def is_up(self) -> bool:
+        """Whether the lab's hosts exist (one a power-off turned off is there, to be
+        powered on)."""
 
     # Whether ``up()`` provisions the hosts itself (Vagrant's triggers do, each VM as it
     # comes up); otherwise ``halab up`` provisions once ``up()`` returns.

@@ -42,7 +42,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from lab.backend import Backend, HostPaths, Result, ServiceSpec, ServiceState
@@ -93,7 +93,7 @@ class NetnsBackend(Backend):
         prefix = f"{self.topology.lab}-"
         return sorted(ns for ns in self.existing_namespaces() if ns.startswith(prefix))
 
-    def is_up(self, powered_off: Collection[str] = ()) -> bool:  # (a host off keeps its namespace)
+    def is_up(self) -> bool:
         wanted = {switch_namespace(self.topology)} | {
             self.topology.namespace(h) for h in self.topology.hosts
         }

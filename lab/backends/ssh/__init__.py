@@ -38,7 +38,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,7 @@ class SshBackend(SshTransport, SystemdServices, Backend):
 
     # where the hosts are ----------------------------------------------------------
 
-    def is_up(self, powered_off: Collection[str] = ()) -> bool:  # (sshd outlives a power-off)
+    def is_up(self) -> bool:
         return not self._unreachable()
 
     def _unreachable(self) -> list[str]:

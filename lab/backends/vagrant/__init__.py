@@ -41,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +202,8 @@ class VagrantBackend(SshBackend):
     def virsh(self, *args: str, check: bool = True) -> str:
         return vmhost.run(["virsh", *args], check=check).stdout.decode(errors="replace")
 
-    def is_up(self, powered_off: Collection[str] = ()) -> bool:
-        """Every host's VM runs (but the ``powered_off`` ones, which may not). Asks
+    def is_up(self) -> bool:
+        """Every host's VM runs, but one a power-off turned off (``_power``). Asks
         libvirt only when Vagrant recorded a VM for every host in this checkout; never
         starts anything, never raises."""
         try:
@@ -213,7 +213,8 @@ class VagrantBackend(SshBackend):
             running = vmhost.run(["virsh", "list", "--uuid"], timeout=15).stdout.split()
         except (HalabError, OSError, subprocess.SubprocessError):  # (no virsh, no answer)
             return False
-        return all(d.encode() in running for h, d in domains.items() if h not in powered_off)
+        return all(d.encode() in running for h, d in domains.items()
+                   if self._power(h)[0] != "off")
 
     # up and down ------------------------------------------------------------
 
