@@ -73,6 +73,7 @@ RESTART = 10.0  # s without one: its session is ended and opened anew (powered o
 LOOK_LAG = 0.25  # s (at the lab's pace) for a look on the second to reach the view
 HISTORY = 4  # lines kept of each director, to read them all as of one moment
 SAME_MOMENT = 0.5  # s: looks this close together stand for one moment (each on the second)
+NO_ANSWER: dict[str, Any] = {"vip": None, "heartbeat": None, "servers": None}
 
 
 class Looks:
@@ -151,11 +152,11 @@ class Looks:
         for name in self._lines:
             at = [obj for _, obj in fresh.get(name, []) if obj["t"] <= moment + SAME_MOMENT]
             seen[name] = self._facts(at[-1] if at else fresh[name][0][1]) if name in fresh \
-                else {"vip": None, "heartbeat": None, "servers": None}
+                else dict(NO_ANSWER)
         return seen
 
     def _facts(self, obj: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"vip": None, "heartbeat": None, "servers": None}
+        out = dict(NO_ANSWER)
         try:
             out["vip"] = vip_state(obj["addr"].encode(), str(self.lab.topology.vip.address))
             if (st := obj["heartbeat"]) is not None:

@@ -59,13 +59,12 @@ def _connection_class() -> Any:
         def recv(self, size: int) -> bytes:
             try:
                 r, _, _ = select.select([self.process.stdout], [], [], self.timeout)
-                if not r:
-                    raise TimeoutError
-                return os.read(self.process.stdout.fileno(), size)  # b"": it ended
+                data = os.read(self.process.stdout.fileno(), size) if r else None
             except OSError as e:
-                if isinstance(e, TimeoutError):
-                    raise
                 raise ProxyCommandFailure(" ".join(self.cmd), e.strerror) from e
+            if data is None:
+                raise TimeoutError  # (socket.timeout, as a socket's recv)
+            return data  # b"": the command has ended
 
     class Connection(fabric.Connection):  # type: ignore[misc]
         def open_gateway(self) -> Any:
