@@ -73,7 +73,8 @@ def test_watch_json_sees_the_vip_move_within_a_second(lab: Backend, topo: Topolo
         assert moved["t"] - t_fault <= took + 1.0 * lab.slowness + 0.5, (moved["t"] - t_fault)
         assert moved["directors"][master]["heartbeat"] is None  # powered off: no answer
         assert moved["directors"][survivor]["heartbeat"]["state"] == "MASTER"
-        assert any(e["what"] == f"VIP: {master} -> {survivor}" for e in moved["events"])
+        assert any(e["what"] == f"VIP: {master} -> {survivor}" for e in moved["events"]), \
+            moved["events"]
         assert proc.poll() is None
     finally:
         proc.kill()
