@@ -73,7 +73,12 @@ def test_watch_json_sees_the_vip_move_within_a_second(lab: Backend, topo: Topolo
         assert moved["t"] - t_fault <= took + 1.0 * lab.slowness + 0.5, (moved["t"] - t_fault)
         assert moved["directors"][master]["heartbeat"] is None  # powered off: no answer
         assert moved["directors"][survivor]["heartbeat"]["state"] == "MASTER"
-        assert any(e["what"] == f"VIP: {master} -> {survivor}" for e in moved["events"]), \
+        # the VIP went from the master to the survivor; a sample that fell between the
+        # master's power loss and the survivor's takeover saw nobody hold it, as nobody did
+        # (the samples are on the second, the fault at any moment of it)
+        moves = [e["what"] for e in moved["events"] if e["what"].startswith("VIP: ")]
+        assert moves in ([f"VIP: {master} -> {survivor}"],
+                         [f"VIP: {master} -> nobody", f"VIP: nobody -> {survivor}"]), \
             moved["events"]
         assert proc.poll() is None
     finally:
