@@ -175,6 +175,14 @@ def faults(lab: Backend) -> Iterator[Faults]:
 
 
 @pytest.fixture
+def healed(lab: Backend) -> Iterator[None]:
+    """What the test's ``halab fault`` commands left in effect is healed after it (as
+    ``halab heal`` would)."""
+    yield
+    Faults.recover(lab)
+
+
+@pytest.fixture
 def vip_holder(lab: Backend) -> str:
     """The director that holds the VIP (heartbeat has elected exactly one)."""
     def one() -> list[str] | None:

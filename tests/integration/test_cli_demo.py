@@ -19,10 +19,6 @@ pytestmark = pytest.mark.integration
 
 def test_the_demo_runs_through_with_its_measurements(lab: Backend, topo: Topology,
                                                      tmp_path: Path) -> None:
-    if lab.slowness > 1:
-        pytest.skip("the demo's steps (a power cycle among them) take many minutes under "
-                    "TCG; the VM stage proves each of them (test_failover, test_ejection, "
-                    "test_cli_faults' --measure); the netns lab runs it whole")
     master = one_owner(lab, topo)
     web0, web1 = (w.name for w in topo.webs[:2])
     res = halab(lab, "demo", "--out", str(tmp_path), timeout=300)

@@ -1,18 +1,14 @@
 """``halab fault`` / ``faults`` / ``heal`` as a user runs them, each fault checked from
-outside (the client's packets, the VIP's announcers, a service's process), and
-``--measure`` through a real power loss."""
+outside (the client's packets, the VIP's announcers, a service's process).
+``--measure`` through a real power loss: test_cli_watch (watched as it happens)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from harness.faults import Faults
 from harness.poll import wait_until
 from harness.traffic import probe, vip_holders
 from lab.backend import Backend
@@ -37,13 +33,6 @@ def ok(lab: Backend, *args: str) -> str:
     res = halab(lab, *args)
     assert res.returncode == 0, (args, res.stdout, res.stderr)
     return res.stdout
-
-
-@pytest.fixture
-def healed(lab: Backend) -> Iterator[None]:
-    """Whatever a test left in effect is healed after it (as `halab heal` would)."""
-    yield
-    Faults.recover(lab)
 
 
 def one_owner(lab: Backend, topo: Topology) -> str:
@@ -186,26 +175,3 @@ def test_netem_delays_a_link_or_says_why_not(lab: Backend, topo: Topology,
     assert connect_s() >= delay  # netem's delay is a floor: the client's SYN waits it
     ok(lab, "heal")
     assert connect_s() < delay
-
-
-def test_measure_a_power_loss_of_the_master(lab: Backend, topo: Topology, tmp_path: Path,
-                                            healed: None,
-                                            record: Callable[..., None]) -> None:
-    master = one_owner(lab, topo)
-    survivor = other(topo, master)
-    out = ok(lab, "fault", "power-off", master, "--measure", "--out", str(tmp_path))
-    assert vip_holders(lab) == [survivor]
-    assert f"VIP: {master} -> {survivor}, added after" in out, out
-    assert "outage" in out or "no request failed" in out, out
-    files = {p.suffix for p in tmp_path.iterdir()}
-    assert {".json", ".txt"} <= files
-    written = json.loads(next(tmp_path.glob("*.json")).read_text())
-    measured = written["measured"]
-    assert measured["outage_ms"] > 0 and "vip_added_ms" in measured
-    if "outage" in out:
-        assert f"outage {measured['outage_ms']:g} ms" in out
-    record(check="cli", what="halab fault power-off --measure",
-           outage_ms=measured["outage_ms"], vip_added_ms=measured["vip_added_ms"])
-    ok(lab, "fault", "power-on", master)
-    assert ok(lab, "faults").strip() == "no fault in effect"
-    assert one_owner(lab, topo) == survivor  # auto_failback off: the VIP stays

@@ -1,6 +1,9 @@
-"""``halab watch`` as a user runs it: ``--json`` reflects a power loss of the master
-within a second of the failover, and the live view in a real terminal (tmux) shows the
-holder change."""
+"""A teacher's two terminals, as a user runs them: ``halab watch`` in one (the live
+view in a real terminal, tmux, and ``--json`` for scripts), ``halab fault power-off
+--measure`` of the master in the other. One power loss proves the three: ``--measure``
+prints the outage and writes the timeline; ``watch --json`` shows the VIP on the
+survivor within a second of the failover; the live view shows the holder change. (One
+power cycle for the three: under TCG each costs more than a minute.)"""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +23,13 @@ import pytest
 from harness.faults import Faults, PowerLoss
 from harness.measure import budget
 from harness.poll import wait_until
+from harness.traffic import vip_holders
 from lab.backend import Backend
 from lab.system import env
 from lab.topology import Topology
 
 from .common import other
-from .test_cli_faults import one_owner
+from .test_cli_faults import ok, one_owner
 
 pytestmark = pytest.mark.integration
 
@@ -34,41 +39,89 @@ def watch_argv(lab: Backend, *args: str) -> list[str]:
             str(lab.topology.source), "watch", *args]
 
 
-@pytest.fixture
-def powered_back(lab: Backend) -> Iterator[None]:
-    yield
-    Faults.recover(lab)
+class JsonWatch:
+    """``halab watch --json`` running: its objects, one a second, read as they come."""
+
+    def __init__(self, lab: Backend, seconds: float) -> None:
+        self.proc = subprocess.Popen(watch_argv(lab, "--json", "--seconds", f"{seconds:g}"),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env())
+        self.objects: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.objects.put(json.loads(line))
+
+    def first(self, timeout: float, want: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first object (from those not read yet) that ``want`` takes."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                obj = self.objects.get(timeout=left)
+            except queue.Empty:
+                break
+            if want(obj):
+                return obj
+        raise AssertionError(f"watch --json showed no such object within {timeout:g} s")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
 
 
-def test_watch_json_sees_the_vip_move_within_a_second(lab: Backend, topo: Topology,
-                                                      faults: Faults) -> None:
+class TmuxWatch:
+    """``halab watch`` in a real terminal (a detached tmux session), read off its screen."""
+
+    def __init__(self, lab: Backend, seconds: float) -> None:
+        assert shutil.which("tmux"), "tmux is not installed (./bootstrap deps installs it)"
+        self.session = f"halab-watch-test-{int(time.time())}"
+        cmd = " ".join(watch_argv(lab, "--seconds", f"{seconds:g}"))
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.session, "-x", "160", "-y",
+                        "40", cmd], check=True, env=env())
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.session], text=True,
+                              capture_output=True, check=True).stdout
+
+    def stop(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.session], capture_output=True,
+                       check=False)
+
+
+def test_a_power_loss_measured_and_watched(lab: Backend, topo: Topology, tmp_path: Path,
+                                           healed: None, record: Callable[..., None]) -> None:
     master = one_owner(lab, topo)
     survivor = other(topo, master)
-    seconds = 40 * lab.slowness
-    proc = subprocess.Popen(watch_argv(lab, "--json", "--seconds", f"{seconds:g}"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-    objects: queue.Queue[dict[str, Any]] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            objects.put(json.loads(line))
-    threading.Thread(target=pump, daemon=True).start()
+    took = budget(lab).get("total", 0.0) / 1000  # asked while both directors answer
+    seconds = 300 * lab.slowness  # ended by the test, well before
+    watching = JsonWatch(lab, seconds)
+    terminal = TmuxWatch(lab, seconds)
+    vip = f"VIP {topo.vip.address} on"
     try:
-        first = objects.get(timeout=30 * lab.slowness)
+        first = watching.first(30 * lab.slowness, lambda o: True)
         assert first["vip"]["holders"] == [master]
         assert first["directors"][master]["heartbeat"]["state"] == "MASTER"
         assert {s["name"] for s in first["directors"][master]["servers"]} == \
             {w.name for w in topo.webs}
-        t_fault = faults.inject(PowerLoss(master))
-        took = budget(lab).get("total", 0.0) / 1000
-        deadline = time.monotonic() + 30 * lab.slowness
-        moved = None
-        while moved is None and time.monotonic() < deadline:
-            obj = objects.get(timeout=30 * lab.slowness)
-            if obj["vip"]["holders"] == [survivor]:
-                moved = obj
-        assert moved is not None, "watch never showed the survivor holding the VIP"
+        wait_until(lambda: f"{vip} {master} " in terminal.screen(), 30 * lab.slowness,
+                   f"the view showing {master} holding the VIP")
+
+        out = ok(lab, "fault", "power-off", master, "--measure", "--out", str(tmp_path))
+        assert vip_holders(lab) == [survivor]
+        assert f"VIP: {master} -> {survivor}, added after" in out, out
+        assert "outage" in out or "no request failed" in out, out
+        assert {".json", ".txt"} <= {p.suffix for p in tmp_path.iterdir()}
+        measured = json.loads(next(tmp_path.glob("*.json")).read_text())["measured"]
+        assert measured["outage_ms"] > 0 and "vip_added_ms" in measured
+        if "outage" in out:
+            assert f"outage {measured['outage_ms']:g} ms" in out
+        t_fault = next(f.at for f in Faults.load(lab).active if isinstance(f, PowerLoss))
+        assert t_fault is not None
+
+        moved = watching.first(30 * lab.slowness,
+                               lambda o: bool(o["vip"]["holders"] == [survivor]))
         # a sample a second: the first one after the failover shows it (at the lab's pace)
         assert moved["t"] - t_fault <= took + 1.0 * lab.slowness + 0.5, (moved["t"] - t_fault)
         assert moved["directors"][master]["heartbeat"] is None  # powered off: no answer
@@ -80,44 +133,17 @@ def test_watch_json_sees_the_vip_move_within_a_second(lab: Backend, topo: Topolo
         assert moves in ([f"VIP: {master} -> {survivor}"],
                          [f"VIP: {master} -> nobody", f"VIP: nobody -> {survivor}"]), \
             moved["events"]
-        assert proc.poll() is None
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        faults.heal_all()
-    one_owner(lab, topo)
+        assert watching.proc.poll() is None
 
-
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_watch_in_a_terminal_shows_the_holder_change(lab: Backend, topo: Topology,
-                                                    powered_back: None) -> None:
-    master = one_owner(lab, topo)
-    survivor = other(topo, master)
-    session = f"halab-watch-test-{int(time.time())}"
-    cmd = " ".join(watch_argv(lab, "--seconds", f"{60 * lab.slowness:g}"))
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40", cmd],
-                   check=True, env=env())
-
-    def screen() -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], text=True,
-                              capture_output=True, check=True).stdout
-    try:
-        vip = f"VIP {topo.vip.address} on"
-        wait_until(lambda: f"{vip} {master} " in screen(), 30 * lab.slowness,
-                   f"the view showing {master} holding the VIP")
-        shown = subprocess.run([sys.executable, "-m", "halab", "--lab", lab.kind,
-                                "--topology", str(topo.source), "fault", "power-off", master],
-                               capture_output=True, text=True, env=env(),
-                               timeout=120 * lab.slowness)
-        assert shown.returncode == 0, shown.stderr
-        wait_until(lambda: f"{vip} {survivor} " in screen(), 30 * lab.slowness,
+        wait_until(lambda: f"{vip} {survivor} " in terminal.screen(), 30 * lab.slowness,
                    f"the view showing {survivor} holding the VIP")
-        now = screen()
+        now = terminal.screen()
         assert f"{vip} {survivor} " in now and "no answer" in now, now
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True,
-                       check=False)
-    subprocess.run([sys.executable, "-m", "halab", "--lab", lab.kind, "--topology",
-                    str(topo.source), "fault", "power-on", master], check=True, env=env(),
-                   timeout=600 * lab.slowness, capture_output=True)
-    one_owner(lab, topo)
+        watching.stop()
+        terminal.stop()
+    record(check="cli", what="halab fault power-off --measure",
+           outage_ms=measured["outage_ms"], vip_added_ms=measured["vip_added_ms"])
+    ok(lab, "fault", "power-on", master)
+    assert ok(lab, "faults").strip() == "no fault in effect"
+    assert one_owner(lab, topo) == survivor  # auto_failback off: the VIP stays
