@@ -127,8 +127,11 @@ def cmd_demo(lab: Backend, pause: bool, out_dir: Path) -> int:
         moved = m.measured.get("vip_added_ms")
         rows.append((f"power loss of {master}",
                      (f"VIP moved after {moved:g} ms; " if moved is not None else "") + saw(m),
-                     f"VIP moved within the budget ({m.budget_ms:g} ms)" if m.budget_ms
-                     else "the VIP moves", m.back and m.holders[1] == [backup]))
+                     # the budget is the timers' theory (no scheduling noise): beside it
+                     # for the class to compare, not judged (test_failover bounds it)
+                     f"the VIP moves to {backup}"
+                     + (f" (budget {m.budget_ms:g} ms)" if m.budget_ms else ""),
+                     m.back and m.holders[1] == [backup]))
 
         title(f"{master} is powered on: auto_failback is off, so the VIP stays on {backup}")
         faults.heal(power)
