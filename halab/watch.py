@@ -24,10 +24,9 @@ from rich.text import Text
 
 from halab.faultcmd import require_up
 from harness.measure import client_timeout, vip_url
-from harness.traffic import ClientLoop, vip_state
+from harness.traffic import ClientLoop, background, vip_state
 from lab.backend import Backend
 from lab.errors import HalabError
-from lab.system import env
 
 GAP_MS = 50.0  # the client's loop: about 20 requests a second, as a person can follow
 EVENTS = 8  # the latest events shown
@@ -103,10 +102,9 @@ class Looks:
         while not self._closed.is_set() and (left := self._end - time.monotonic()) > 0:
             started = time.monotonic()
             try:
-                argv = self.lab.command(name, [self.lab.python, "-m", "harness.look",
-                                               "--seconds", f"{left + 5:.0f}"])
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True, env=env())
+                proc = background(self.lab, name, [self.lab.python, "-m", "harness.look",
+                                                   "--seconds", f"{left + 5:.0f}"],
+                                  stderr=subprocess.DEVNULL)
             except (HalabError, OSError, subprocess.SubprocessError):
                 self._closed.wait(1.0)
                 continue

@@ -24,9 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.traffic import ClientLoop
+from harness.traffic import ClientLoop, background
 from lab.backend import Backend
-from lab.system import env
 
 LOG_LINE = re.compile(r"^(\S+Z) level=\S+ daemon=(\S+) event=(\S+)\s*(.*)$")
 FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
@@ -197,9 +196,8 @@ class NeighWatch:
 
     def __init__(self, lab: Backend, host: str, address: str) -> None:
         self.address = address
-        self.proc = subprocess.Popen(lab.command(host, ["ip", "-t", "monitor", "neigh"]),
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, env=env())
+        self.proc = background(lab, host, ["ip", "-t", "monitor", "neigh"],
+                               stderr=subprocess.DEVNULL)
 
     def stop(self) -> list[tuple[float, str]]:
         """(epoch, line) for every change of the watched address."""

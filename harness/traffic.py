@@ -20,6 +20,16 @@ from lab.errors import HalabError
 from lab.system import env
 
 
+def background(lab: Backend, host: str, argv: Sequence[str],
+               stderr: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """``argv`` on ``host`` in the background, its output piped, its input nothing: a
+    remote command given the terminal (an ``ssh -tt`` on the VMs) puts it in raw mode,
+    and a Ctrl-C typed there went to that command, not to halab (``halab watch`` on the
+    VMs went on, its client loop ended)."""
+    return subprocess.Popen(lab.command(host, argv), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env())
+
+
 def probe_argv(lab: Backend, *args: str) -> list[str]:
     return [lab.python, "-m", "harness.probe", *args]
 
@@ -56,10 +66,8 @@ class Listener:
 def listener(lab: Backend, host: str, kind: str, port: int, seconds: float = 120.0,
              addr: str = "0.0.0.0") -> Iterator[Listener]:
     """A probe server on ``host`` (``tcp-listen`` or ``udp-echo``), ended by PID afterwards."""
-    argv = lab.command(host, probe_argv(lab, kind, str(port), "--seconds", str(seconds),
-                                        "--addr", addr))
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env())
+    proc = background(lab, host, probe_argv(lab, kind, str(port), "--seconds", str(seconds),
+                                            "--addr", addr))
     assert proc.stdout is not None
     line = proc.stdout.readline()  # blocks until the server is bound (or died)
     if line.strip() != "ready":
@@ -87,11 +95,9 @@ class ClientLoop:
             timeout = 1.0 * lab.slowness
         extra = ["--connect-timeout", str(connect_timeout)] if connect_timeout else []
         kind = "http-keepalive" if keepalive else "http-loop"
-        argv = lab.command(host, probe_argv(lab, kind, url, "--count", str(count),
-                                            "--gap-ms", str(gap_ms), "--timeout", str(timeout),
-                                            *extra))
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env())
+        self.proc = background(lab, host, probe_argv(
+            lab, kind, url, "--count", str(count), "--gap-ms", str(gap_ms), "--timeout",
+            str(timeout), *extra))
         self.results: list[dict[str, object]] = []
         self.count = count
 
