@@ -2,8 +2,9 @@
 view in a real terminal, tmux, and ``--json`` for scripts), ``halab fault power-off
 --measure`` of the master in the other. One power loss proves the three: ``--measure``
 prints the outage and writes the timeline; ``watch --json`` shows the VIP on the
-survivor within a second of the failover; the live view shows the holder change. (One
-power cycle for the three: under TCG each costs more than a minute.)"""
+survivor within a second of the failover; the live view shows the holder change; then
+Ctrl-C in the terminal ends watch cleanly, and nothing of either watch is left on the
+hosts. (One power cycle for the three: under TCG each costs more than a minute.)"""
 
 from __future__ import annotations
 
