@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from balancer import config as balancer_config
@@ -12,6 +13,12 @@ from lab.backend import Backend
 from lab.errors import HalabError
 from lab.topology import Topology
 from provision.director import BALANCER_CONFIG, balancer_socket, heartbeat_socket
+
+
+def halab_argv(lab: Backend, *args: str) -> list[str]:
+    """The ``halab`` command a user types for this lab (its kind and topology given)."""
+    return [sys.executable, "-m", "halab", "--lab", lab.kind, "--topology",
+            str(lab.topology.source), *args]
 
 
 def health(lab: Backend, director: str) -> HealthConfig:

@@ -8,7 +8,6 @@ import os
 import pty
 import queue
 import subprocess
-import sys
 import termios
 import threading
 import time
@@ -19,6 +18,7 @@ from lab.backend import Backend
 from lab.system import env
 from lab.topology import Topology
 
+from .common import halab_argv
 from .test_cli_faults import ok
 
 pytestmark = pytest.mark.integration
@@ -35,8 +35,7 @@ def test_exec_leaves_the_callers_terminal_as_it_was(lab: Backend, topo: Topology
     mine, theirs = pty.openpty()
     try:
         before = termios.tcgetattr(theirs)
-        res = subprocess.run([sys.executable, "-m", "halab", "--lab", lab.kind, "--topology",
-                              str(topo.source), "exec", topo.directors[0].name, "--", "true"],
+        res = subprocess.run(halab_argv(lab, "exec", topo.directors[0].name, "--", "true"),
                              stdin=theirs, capture_output=True, env=env(),
                              timeout=60 * lab.slowness, check=False)
         assert res.returncode == 0, res.stderr
@@ -57,8 +56,7 @@ def test_the_daemons_tools_find_their_sockets_on_the_host(lab: Backend, topo: To
 def test_logs_follow_prints_the_daemons_lines_as_they_come(lab: Backend,
                                                            topo: Topology) -> None:
     director = topo.directors[0].name
-    proc = subprocess.Popen([sys.executable, "-m", "halab", "--lab", lab.kind, "--topology",
-                             str(topo.source), "logs", director, "heartbeat", "-f"],
+    proc = subprocess.Popen(halab_argv(lab, "logs", director, "heartbeat", "-f"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None

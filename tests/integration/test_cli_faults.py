@@ -5,7 +5,6 @@ outside (the client's packets, the VIP's announcers, a service's process).
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 
@@ -15,7 +14,7 @@ from lab.backend import Backend
 from lab.system import env
 from lab.topology import Topology
 
-from .common import hb_state, other
+from .common import halab_argv, hb_state, other
 
 pytestmark = pytest.mark.integration
 
@@ -24,9 +23,8 @@ FAULTS = ["power-off", "power-on", "cut", "partition", "kill", "stop", "freeze",
 
 
 def halab(lab: Backend, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "halab", "--lab", lab.kind, "--topology",
-                           str(lab.topology.source), *args], capture_output=True, text=True,
-                          env=env(), timeout=timeout * lab.slowness, check=False)
+    return subprocess.run(halab_argv(lab, *args), capture_output=True, text=True, env=env(),
+                          timeout=timeout * lab.slowness, check=False)
 
 
 def ok(lab: Backend, *args: str) -> str:

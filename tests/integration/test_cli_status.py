@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
@@ -16,7 +15,7 @@ from lab.backend import Backend
 from lab.system import env
 from lab.topology import Topology
 
-from .common import hb
+from .common import halab_argv, hb
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +36,7 @@ def test_status_counts_only_the_director_that_announces_the_vip(
     hb(lab, old, "standby")
     wait_until(lambda: vip_holders(lab) == [new] and draining(), 10,
                f"{new} announcing the VIP while {old} drains")
-    res = subprocess.run([sys.executable, "-m", "halab", "--lab", lab.kind, "--topology",
-                          str(topo.source), "status", "--json"], capture_output=True,
+    res = subprocess.run(halab_argv(lab, "status", "--json"), capture_output=True,
                          text=True, env=env(), timeout=60, check=False)
     assert draining(), "the drain window closed before halab status had read the hosts"
     assert res.returncode == 0, res.stderr

@@ -14,7 +14,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,23 +30,18 @@ from lab.backend import Backend
 from lab.system import env
 from lab.topology import Topology
 
-from .common import other
+from .common import halab_argv, other
 from .test_cli_faults import ok, one_owner
 
 pytestmark = pytest.mark.integration
-
-
-def watch_argv(lab: Backend, *args: str) -> list[str]:
-    return [sys.executable, "-m", "halab", "--lab", lab.kind, "--topology",
-            str(lab.topology.source), "watch", *args]
 
 
 class JsonWatch:
     """``halab watch --json`` running: its objects, one a second, read as they come."""
 
     def __init__(self, lab: Backend, seconds: float) -> None:
-        self.proc = subprocess.Popen(watch_argv(lab, "--json", "--seconds", f"{seconds:g}"),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        argv = halab_argv(lab, "watch", "--json", "--seconds", f"{seconds:g}")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env())
         self.objects: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
@@ -83,8 +77,8 @@ class TmuxWatch:
         # bash says how watch ended (tmux's own pane_dead_status was seen missing, its
         # pane's process left unreaped); its trap keeps it through the terminal's SIGINT,
         # watch gets the signal as a terminal's program does
-        script = (f"trap : INT; {shlex.join(watch_argv(lab, '--seconds', f'{seconds:g}'))}; "
-                  'echo "halab watch exited $?"')
+        watch = shlex.join(halab_argv(lab, "watch", "--seconds", f"{seconds:g}"))
+        script = f'trap : INT; {watch}; echo "halab watch exited $?"'
         subprocess.run(["tmux", "new-session", "-d", "-s", self.session, "-x", "160", "-y",
                         "40", "exec bash -c " + shlex.quote(script)], check=True, env=env())
         # the pane stays when its command has ended, to be read
