@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     ck = add("check", help="validate a topology file and exit")
     ck.add_argument("file", nargs="?", help="topology file (default: --topology)")
+    sk = add("stack", help="the stacks a director can run: halab stack list | check "
+             "NAME|DIR (render each director's configs, run their checkers)")
+    sk.add_argument("action", choices=["list", "check"])
+    sk.add_argument("stack", nargs="?", help="check: a built-in stack's name or a folder")
+    sk.add_argument("--out", type=Path, metavar="DIR",
+                    help="check: keep the rendered files here (default: a temporary one)")
     ex = add("exec", help="run a command on a host: halab exec HOST -- CMD...")
     ex.add_argument("host")
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
@@ -320,6 +326,40 @@ def exec_on(backend: Backend, host: str, argv: Sequence[str]) -> int:
     return 127  # not reached
 
 
+def cmd_stack(action: str, name: str | None, topo: topo_mod.Topology,
+              out: Path | None) -> int:
+    """``list``: each stack and what it is; ``check``: the stack rendered for every
+    director from the topology, one line per file and its checker's verdict (what it
+    said, when it refused); exit 1 if one refused."""
+    import tempfile
+
+    from provision import stack
+
+    if action == "list":
+        for known in stack.builtin():
+            what = ("halab's own balancer and heartbeat (the default)" if known == stack.HALAB
+                    else stack.load(known).description)
+            print(f"{known:<20} {what}")
+        return 0
+    if name is None:
+        raise HalabError("which stack? halab stack check NAME|DIR")
+    if name == stack.HALAB:
+        raise HalabError("halab's own stack has its daemons' checks: halab-balancer "
+                         "--check, halab-heartbeat --check (halab provision runs them)")
+    s = stack.load(name)
+    with tempfile.TemporaryDirectory(prefix="halab-stack-") as tmp:
+        done = stack.check(s, topo, out or Path(tmp))
+        for c in done:
+            verdict = f"{c.checker}: {'FAILED' if c.problem else 'ok'}" if c.checker \
+                else (f"FAILED: {c.problem}" if c.problem else "no checker")
+            print(f"{c.host}  {c.path}  {verdict}")
+            for line in c.problem.splitlines() if c.checker else ():
+                print(f"    {line}")
+    if out is not None:
+        print(f"rendered under {out}/HOST/")
+    return 1 if any(c.problem for c in done) else 0
+
+
 def cmd_logs(backend: Backend, host: str, service: str | None, follow: bool) -> int:
     names = [service] if service else [s.name for s in backend.services(host)]
     if follow:
@@ -338,6 +378,8 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"{t.source}: ok: lab {t.lab}, {len(t.networks)} networks, "
               f"{len(t.hosts)} hosts {roles}, VIP {t.vip.address}")
         return 0
+    if args.cmd == "stack":
+        return cmd_stack(args.action, args.stack, topo_mod.load(args.topology), args.out)
     if args.cmd == "box":
         from lab.backends.vagrant import box
 

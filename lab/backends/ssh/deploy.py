@@ -60,7 +60,8 @@ def checkout_root() -> Path:
 
 
 # the packages of halab's wheel (pyproject.toml's packages.find.include, a unit test says)
-WHEEL_PACKAGES = ("daemonkit", "balancer", "heartbeat", "lab", "provision", "harness", "halab")
+WHEEL_PACKAGES = ("daemonkit", "balancer", "heartbeat", "lab", "provision", "harness", "halab",
+                  "stacks")
 
 
 def source_digest(root: Path) -> str:
