@@ -351,9 +351,9 @@ def cmd_stack(action: str, name: str | None, topo: topo_mod.Topology,
         done = stack.check(s, topo, out or Path(tmp))
         for c in done:
             verdict = f"{c.checker}: {'FAILED' if c.problem else 'ok'}" if c.checker \
-                else (f"FAILED: {c.problem}" if c.problem else "no checker")
+                else "no checker"
             print(f"{c.host}  {c.path}  {verdict}")
-            for line in c.problem.splitlines() if c.checker else ():
+            for line in c.problem.splitlines():
                 print(f"    {line}")
     if out is not None:
         print(f"rendered under {out}/HOST/")

@@ -60,12 +60,19 @@ from provision import director, web
 
 HALAB = "halab"  # the default: halab's own balancer and heartbeat (provision.director)
 MANIFEST = "stack.toml"
+DIRECTOR_PORTS = ("http", "admin")  # the topology's ports a stack's service may listen on
 FAILOVERS = ("heartbeat", "vrrp")
 STATES = ("haproxy", "ipvs", "traffic")
 
 
 def builtin_root() -> Path:
     return Path(str(resources.files("stacks")))
+
+
+def search_path(root: Path) -> tuple[Path, Path]:
+    """Where a stack's templates are found: its folder, then the built-in stacks (a
+    template may be a built-in's: "seed/ha.cf")."""
+    return root, builtin_root()
 
 
 def builtin() -> list[str]:
@@ -149,7 +156,7 @@ def load(name: str) -> Stack:
     if not services:
         raise ConfigError(str(path), "services", "a stack runs at least one service")
     for f in files:
-        if not any((d / f.template).is_file() for d in (root, builtin_root())):
+        if not any((d / f.template).is_file() for d in search_path(root)):
             raise ConfigError(str(path), "files", f"no template {f.template!r} in {root}")
     return Stack(root.name, root, m.text(data, "description", required=True),
                  m.strings(data, "packages"), m.strings(data, "requires"), files, services,
@@ -204,9 +211,9 @@ class _Manifest:
         self.only(t, key, ("name", "command", "listens", "reads"))
         listens = self.strings(t, "listens", f"{key}.")
         for port in listens:
-            if port not in ("http", "admin"):
+            if port not in DIRECTOR_PORTS:
                 raise self.fail(f"{key}.listens", f"{port!r} is not one of the topology's "
-                                "ports a director serves (http, admin)")
+                                f"ports a director serves ({', '.join(DIRECTOR_PORTS)})")
         return ServiceTemplate(self.text(t, "name", f"{key}.", required=True),
                                self.text(t, "command", f"{key}.", required=True),
                                listens, self.strings(t, "reads", f"{key}."))
@@ -268,31 +275,31 @@ def render(stack: Stack, topo: Topology, host: Host, paths: HostPaths, cluster_k
     """``stack`` filled in for the director ``host``. A template's mistake (a name it
     does not know, bad syntax) is one line naming the template and its line."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([stack.root, builtin_root()]),
+        loader=jinja2.FileSystemLoader(search_path(stack.root)),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
         trim_blocks=True, lstrip_blocks=True, autoescape=False)
     ctx = context(topo, host, paths, cluster_key, slowness)
 
-    def fill(what: str, where: str, text: str | None = None) -> str:
+    def fill(where: str, source: str | None = None) -> str:
+        """The template ``where`` names, or ``source`` (a manifest's value) said to be
+        from ``where``."""
         try:
-            if text is None:
-                return env.get_template(what).render(ctx)
-            return env.from_string(text).render(ctx)
+            template = env.get_template(where) if source is None else env.from_string(source)
+            return template.render(ctx)
         except jinja2.TemplateSyntaxError as e:
             raise HalabError(f"{stack.root / (e.filename or where)}:{e.lineno}: "
                              f"{e.message}") from None
         except jinja2.TemplateError as e:
             raise HalabError(f"{stack.root / where}: {e.message or e}") from None
 
-    files = tuple((f.path, fill(f.template, f.template), f.mode) for f in stack.files)
-    ports = {"http": topo.ports.http, "admin": topo.ports.admin}
+    files = tuple((f.path, fill(f.template), f.mode) for f in stack.files)
     services = tuple(
         ServiceSpec(name=s.name,
-                    argv=tuple(shlex.split(fill("", f"{MANIFEST}: {s.name}", s.command))),
-                    listens=tuple(ports[p] for p in s.listens), reads=s.reads)
+                    argv=tuple(shlex.split(fill(f"{MANIFEST}: {s.name}", s.command))),
+                    listens=tuple(getattr(topo.ports, p) for p in s.listens), reads=s.reads)
         for s in stack.services)
     checks = tuple((f.path, f.check) for f in stack.files if f.check)
-    socket = fill("", f"{MANIFEST}: adapter.stats_socket", stack.adapter.stats_socket)
+    socket = fill(f"{MANIFEST}: adapter.stats_socket", stack.adapter.stats_socket)
     return Rendered(files, services, checks, socket)
 
 
@@ -334,7 +341,7 @@ def check(stack: Stack, topo: Topology, out: Path,
     for host in topo.directors:
         root = out / host.name
         paths = HostPaths(root / "run", root / "log", root / "state")
-        for d in (paths.run, paths.log, paths.state / "nginx"):
+        for d in (paths.run, paths.log, paths.state):
             d.mkdir(parents=True, exist_ok=True)
         rendered = render(stack, topo, host, paths, cluster_key)
         checks = dict(rendered.checks)

@@ -6,14 +6,14 @@ checkers judge (a typo is refused); ``halab stack check`` says the same to a use
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lab import topology as t
 from provision import stack as st
+
+from .test_cli_command import halab
 
 TOPO = t.load()
 STACKS = [s for s in st.builtin() if s != st.HALAB]
@@ -62,11 +62,6 @@ def test_a_typo_fails_its_checker(tmp_path: Path, file: str, typo: tuple[str, st
     bad = [c for c in done if c.problem]
     assert {c.host for c in bad} == {d.name for d in TOPO.directors}
     assert all(typo[1].split()[-1] in c.problem for c in bad), bad  # it names the typo
-
-
-def halab(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "halab", *argv], capture_output=True,
-                          text=True, timeout=120, check=False)
 
 
 def test_halab_stack_check_as_a_user_runs_it(tmp_path: Path) -> None:

@@ -17,12 +17,10 @@ from provision import stack as st
 
 TOPO = t.load()
 KEY = "0123456789abcdef0123456789abcdef"
-STACKS = [s for s in st.builtin() if s != st.HALAB]
 
 
 def paths(root: Path, host: str) -> HostPaths:
-    p = HostPaths(root / host / "run", root / host / "log", root / host / "state")
-    return p
+    return HostPaths(root / host / "run", root / host / "log", root / host / "state")
 
 
 def test_the_builtin_stacks() -> None:
